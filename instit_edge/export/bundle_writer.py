@@ -1,0 +1,134 @@
+"""``instit-edge export``: a HF LLaVA / LLaVA-Next checkpoint -> an edge bundle directory.
+
+Everything is written into a temporary directory beside the output and
+renamed into place at the end, so a failed export leaves nothing half-written
+(and, with ``--force``, the previous bundle survives until the new one is whole).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle import FORMAT_VERSION, MANIFEST, Bundle
+from ..errors import InstitError
+from ..models.loading import SUPPORTED_ARCHS, load_model
+
+TEMPLATES = {"llama": "vicuna_v1", "qwen2": "chatml"}
+
+
+def _preprocess_info(model, processor) -> dict:
+    ip = processor.image_processor
+    cfg = model.config
+    crop = ip.crop_size["height"] if getattr(ip, "crop_size", None) else ip.size["shortest_edge"]
+    if getattr(ip, "size", None) and ip.size.get("shortest_edge") not in (None, crop):
+        raise InstitError(f"image processor resizes to {ip.size} but crops to {crop}; only equal sizes are supported")
+    return {
+        "image_size": int(crop),
+        "image_mean": [float(x) for x in ip.image_mean],
+        "image_std": [float(x) for x in ip.image_std],
+        "resample": int(getattr(ip, "resample", 3)),
+        "pinpoints": [list(map(int, p)) for p in cfg.image_grid_pinpoints] if hasattr(cfg, "image_grid_pinpoints") else None,
+        "patch_size": int(cfg.vision_config.patch_size),
+        "feature_layer": int(cfg.vision_feature_layer),
+        "select_strategy": cfg.vision_feature_select_strategy,
+        # Inst-IT video convention: frames without AnyRes, 2x2 pooling, at most 32 frames
+        "video": {"anyres": False, "pool_stride": 2, "pool_mode": "average", "max_frames": 32, "newline": False},
+    }
+
+
+def export_bundle(
+    model_path: str,
+    out: str | Path,
+    force: bool = False,
+    llm_types: tuple[str, ...] = ("f16",),
+    vision_types: tuple[str, ...] = ("fp32", "fp16"),
+    mmproj: bool = True,
+    progress=None,
+) -> Bundle:
+    """Export ``model_path`` to a bundle at ``out``. ``progress(step_name)`` is called per step."""
+    from ..atomic import atomic_dir
+    from .gguf_llm import write_llm_gguf
+    from .gguf_mmproj import write_mmproj_gguf
+    from .onnx_vision import convert_fp16, export_vision_onnx
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise InstitError(f"output exists: {out} (pass --force to replace it)")
+    bad = [t for t in llm_types if t not in ("f16", "f32")]
+    if bad:
+        raise InstitError(f"export writes llm types f16 / f32 only, got {bad}; use `instit-edge quantize` for the rest")
+    bad = [t for t in vision_types if t not in ("fp32", "fp16")]
+    if bad or "fp32" not in vision_types:
+        raise InstitError(f"export writes vision types fp32 (required) and fp16, got {list(vision_types)}")
+
+    step = progress or (lambda name: None)
+    step("load checkpoint")
+    model, processor = load_model(model_path)
+    cfg = model.config
+    arch = cfg.model_type
+    llm_arch = cfg.text_config.model_type
+    pre = _preprocess_info(model, processor)
+    tok = processor.tokenizer
+    image_token = getattr(processor, "image_token", "<image>")
+    image_token_id = int(cfg.image_token_id)
+
+    with atomic_dir(out, force=force) as tmp:
+        b = Bundle(tmp, {})
+        for t in llm_types:
+            step(f"llm.{t}.gguf")
+            write_llm_gguf(model, tok, tmp / f"llm.{t}.gguf", dtype=t, name=Path(str(model_path)).name)
+            b.add_file("llm", t, f"llm.{t}.gguf", recipe={"type": t})
+        step("vision.onnx")
+        export_vision_onnx(model, tmp / "vision.onnx", pre["image_size"])
+        b.add_file("vision", "fp32", "vision.onnx", recipe={"type": "fp32"})
+        if "fp16" in vision_types:
+            step("vision.fp16.onnx")
+            convert_fp16(tmp / "vision.onnx", tmp / "vision.fp16.onnx")
+            b.add_file("vision", "fp16", "vision.fp16.onnx", recipe={"type": "fp16", "io": "float32"})
+        newline = getattr(model.model, "image_newline", None)
+        if newline is not None:
+            np.save(tmp / "image_newline.npy", newline.detach().float().cpu().numpy())
+            b.add_file("extra", "image_newline", "image_newline.npy")
+        if mmproj:
+            step("mmproj.f16.gguf")
+            info = write_mmproj_gguf(model, tmp / "mmproj.f16.gguf", pre)
+            b.add_file("extra", "mmproj", "mmproj.f16.gguf", recipe={"type": "f16", **info})
+        add_bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
+        template = TEMPLATES[llm_arch]
+        from ..prompting import stop_strings
+
+        b.manifest = {
+            "format_version": FORMAT_VERSION,
+            "source": {"model": str(model_path), "arch": arch},
+            "architecture": {
+                "arch": arch,
+                "llm": llm_arch,
+                "vision": cfg.vision_config.model_type,
+                "text_hidden": int(cfg.text_config.hidden_size),
+                "vocab_size": int(cfg.text_config.vocab_size),
+                "context_length": int(cfg.text_config.max_position_embeddings),
+                "vision_hidden": int(cfg.vision_config.hidden_size),
+                "vision_layers": int(cfg.vision_config.num_hidden_layers),
+            },
+            "preprocess": pre,
+            "prompt": {
+                "template": template,
+                "image_token": image_token,
+                "image_token_id": image_token_id,
+                "add_bos": bool(add_bos),
+                "stop": stop_strings(template),
+                "max_new_tokens": 128,
+            },
+            "files": b.manifest.get("files", {}),
+            "quant_recipes": {},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(b.manifest, indent=2) + "\n")
+        step("verify")
+        Bundle.load(tmp, verify=True)
+    return Bundle.load(out, verify=False)
+
+
+__all__ = ["export_bundle", "SUPPORTED_ARCHS"]

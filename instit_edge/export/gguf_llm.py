@@ -1,0 +1,178 @@
+"""Write the text LLM of a LLaVA checkpoint as a llama.cpp GGUF.
+
+Llama / Vicuna become arch ``llama`` (q / k rows permuted into the rotary
+layout llama.cpp's converter uses); Qwen2 becomes arch ``qwen2`` (with q/k/v
+biases, NEOX rotary, no permutation). The tokenizer, special tokens and chat
+template are embedded so llama.cpp tokenizes exactly like Hugging Face.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InstitError
+
+SUPPORTED_LLMS = ("llama", "qwen2")
+
+# HF parameter suffix -> GGUF tensor name (per block)
+_BLOCK_MAP = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def rotary_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF (rotate-half) q/k rows -> llama.cpp (interleaved pairs) rows."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _rope_theta(cfg) -> float:
+    rp = getattr(cfg, "rope_parameters", None) or {}
+    if isinstance(rp, dict) and "rope_theta" in rp:
+        return float(rp["rope_theta"])
+    return float(getattr(cfg, "rope_theta", 10000.0))
+
+
+def text_state_dict(model) -> dict:
+    """The LLM's parameters keyed like a plain HF causal LM (model.layers.N..., lm_head)."""
+    sd = {}
+    for name, t in model.state_dict().items():
+        for prefix in ("model.language_model.", "language_model.model.", "language_model."):
+            if name.startswith(prefix):
+                sd["model." + name[len(prefix):]] = t
+                break
+        else:
+            if name.startswith("lm_head.") or name.startswith("language_model.lm_head."):
+                sd["lm_head." + name.split("lm_head.", 1)[1]] = t
+    return sd
+
+
+def _vocab(tokenizer) -> tuple[list[str], list[int], list[str], str]:
+    """Tokens, token types, merges and tokenizer model name, from a fast HF tokenizer."""
+    from gguf import TokenType
+
+    tj = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = tj["model"]
+    if model.get("type") != "BPE":
+        raise InstitError(
+            f"tokenizer type {model.get('type')!r} is not supported for GGUF export (supported: byte-level BPE); "
+            "convert the tokenizer to tokenizer.json BPE first"
+        )
+    if model.get("byte_fallback"):
+        raise InstitError(
+            "SentencePiece-style (byte-fallback) tokenizers are not supported by this exporter yet; "
+            "use llama.cpp's convert_hf_to_gguf.py for the LLM and `instit-edge export --llm-gguf PATH`"
+        )
+    vocab: dict[str, int] = dict(model["vocab"])
+    added = {a["content"]: a for a in tj.get("added_tokens", [])}
+    for content, a in added.items():
+        vocab[content] = a["id"]
+    n = max(vocab.values()) + 1
+    tokens = [f"[PAD{i}]" for i in range(n)]
+    types = [int(TokenType.UNUSED)] * n
+    for tok, i in vocab.items():
+        tokens[i] = tok
+        if tok in added:
+            types[i] = int(TokenType.CONTROL) if added[tok].get("special") else int(TokenType.USER_DEFINED)
+        else:
+            types[i] = int(TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return tokens, types, merges, "gpt2"
+
+
+def write_llm_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", name: str = "instit-edge", progress=None) -> dict:
+    """Write ``model``'s text LLM to ``out`` as GGUF in ``dtype`` (f16 or f32). Returns a summary."""
+    import gguf
+    import torch
+
+    cfg = model.config.text_config
+    arch = cfg.model_type
+    if arch not in SUPPORTED_LLMS:
+        raise InstitError(f"text model type {arch!r} is not supported (supported: {', '.join(SUPPORTED_LLMS)})")
+    if dtype not in ("f16", "f32"):
+        raise InstitError(f"GGUF dtype {dtype!r} not supported here (f16, f32); use `instit-edge quantize` for others")
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+
+    sd = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in text_state_dict(model).items()}
+    tokens, types, merges, tok_model = _vocab(tokenizer)
+    n_vocab = sd["model.embed_tokens.weight"].shape[0]
+    if len(tokens) > n_vocab:
+        raise InstitError(f"tokenizer has {len(tokens)} tokens but the embedding has {n_vocab} rows")
+    from gguf import TokenType
+
+    while len(tokens) < n_vocab:
+        tokens.append(f"[PAD{len(tokens)}]")
+        types.append(int(TokenType.UNUSED))
+
+    out = Path(out)
+    w = gguf.GGUFWriter(str(out), arch)
+    w.add_name(name)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(_rope_theta(cfg))
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    w.add_vocab_size(n_vocab)
+    w.add_tokenizer_model(tok_model)
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    if tokenizer.bos_token_id is not None:
+        w.add_bos_token_id(tokenizer.bos_token_id)
+    if tokenizer.eos_token_id is not None:
+        w.add_eos_token_id(tokenizer.eos_token_id)
+    if tokenizer.pad_token_id is not None:
+        w.add_pad_token_id(tokenizer.pad_token_id)
+    add_bos = bool(tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]) if tokenizer.bos_token_id is not None else False
+    w.add_add_bos_token(add_bos)
+    w.add_add_eos_token(False)
+    if tokenizer.chat_template:
+        w.add_chat_template(tokenizer.chat_template)
+
+    def put(gname: str, arr: np.ndarray) -> None:
+        keep_f32 = arr.ndim == 1 or dtype == "f32"
+        w.add_tensor(gname, arr.astype(np.float32 if keep_f32 else np.float16))
+
+    put("token_embd.weight", sd["model.embed_tokens.weight"])
+    for i in range(cfg.num_hidden_layers):
+        for suffix, gsuffix in _BLOCK_MAP.items():
+            key = f"model.layers.{i}.{suffix}"
+            if key not in sd:
+                continue
+            arr = sd[key]
+            if arch == "llama" and suffix == "self_attn.q_proj.weight":
+                arr = rotary_permute(arr, n_head)
+            elif arch == "llama" and suffix == "self_attn.k_proj.weight":
+                arr = rotary_permute(arr, n_kv)
+            put(f"blk.{i}.{gsuffix}", arr)
+        if progress:
+            progress(1)
+    put("output_norm.weight", sd["model.norm.weight"])
+    lm_head = sd.get("lm_head.weight", sd["model.embed_tokens.weight"])
+    put("output.weight", lm_head)
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {"arch": arch, "n_vocab": n_vocab, "add_bos": add_bos, "dtype": dtype}

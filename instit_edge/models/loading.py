@@ -1,0 +1,59 @@
+"""Load LLaVA / LLaVA-Next checkpoints with their processors (local path or hub name)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import InstitError
+
+SUPPORTED_ARCHS = ("llava", "llava_next")
+SUPPORTED_LLMS = ("llama", "qwen2")
+SUPPORTED_VISION = ("clip_vision_model", "siglip_vision_model")
+
+
+def check_checkpoint(path: str | Path) -> dict:
+    """Validate a local checkpoint directory and return its config dict (one-line errors)."""
+    p = Path(path)
+    if not p.exists():
+        if "/" in str(path) and not str(path).startswith((".", "/")) and len(p.parts) == 2:
+            return {}  # looks like a hub name: transformers will resolve it (needs internet)
+        raise InstitError(f"checkpoint not found: {p} (give a local HF checkpoint directory or a hub name)")
+    if not p.is_dir():
+        raise InstitError(f"checkpoint must be a directory, got a file: {p}")
+    cfg_path = p / "config.json"
+    if not cfg_path.is_file():
+        raise InstitError(f"{p} has no config.json: not a Hugging Face checkpoint")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise InstitError(f"{cfg_path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    mt = cfg.get("model_type")
+    if mt not in SUPPORTED_ARCHS:
+        raise InstitError(f"unsupported architecture {mt!r} in {cfg_path}; supported: {', '.join(SUPPORTED_ARCHS)}")
+    text_mt = cfg.get("text_config", {}).get("model_type", "llama")
+    if text_mt not in SUPPORTED_LLMS:
+        raise InstitError(f"unsupported text model {text_mt!r} in {cfg_path}; supported: {', '.join(SUPPORTED_LLMS)}")
+    vis_mt = cfg.get("vision_config", {}).get("model_type", "clip_vision_model")
+    if vis_mt not in SUPPORTED_VISION:
+        raise InstitError(f"unsupported vision tower {vis_mt!r} in {cfg_path}; supported: CLIP, SigLIP")
+    weights = list(p.glob("*.safetensors")) + list(p.glob("*.bin"))
+    if not weights:
+        raise InstitError(f"{p} has no weight files (*.safetensors); the checkpoint is incomplete")
+    if not (p / "tokenizer.json").is_file() and not (p / "tokenizer.model").is_file():
+        raise InstitError(f"{p} has no tokenizer (tokenizer.json); the checkpoint is incomplete")
+    return cfg
+
+
+def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """Return ``(model, processor)`` in eval mode."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    check_checkpoint(path)
+    try:
+        processor = AutoProcessor.from_pretrained(str(path))
+        model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=getattr(torch, dtype))
+    except OSError as e:
+        raise InstitError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval(), processor

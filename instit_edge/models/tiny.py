@@ -1,0 +1,302 @@
+"""Build small LLaVA / LLaVA-Next checkpoints offline, with random weights.
+
+No model hub is reachable from our machines or CI, so every parity and
+plumbing test runs on models built here. They are real Hugging Face
+checkpoints: a byte-level BPE tokenizer trained with ``tokenizers``, a
+processor, random weights, ``save_pretrained``; they reload with
+``AutoModelForImageTextToText`` / ``AutoProcessor`` and ``generate`` works.
+
+Shapes follow DESIGN.md section 4: LLM row sizes are multiples of 256 so
+llama.cpp k-quants really apply, and the vision ``intermediate_size``
+differs from ``hidden_size`` (llama.cpp un-swaps the MLP by shape).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InstitError
+
+ARCHS = ("llava", "llava-next")
+LLMS = ("llama", "qwen2")
+VISIONS = ("clip", "siglip")
+
+VICUNA_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first %}A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions. {% endif %}"
+    "{% if message['role'] == 'user' %}USER: {{ message['content'] }} "
+    "{% else %}ASSISTANT: {{ message['content'] }}</s>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass
+class TinySpec:
+    """Everything that decides the shape of a tiny model."""
+
+    arch: str = "llava-next"
+    llm: str = "llama"
+    vision: str = "clip"
+    seed: int = 0
+    # text model (row sizes multiples of 256 for k-quants)
+    hidden_size: int = 256
+    intermediate_size: int = 512
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    vocab_size: int = 1024
+    max_position_embeddings: int = 4096
+    # vision tower
+    image_size: int = 32
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_intermediate: int = 128
+    vision_layers: int = 3
+    vision_heads: int = 2
+    feature_layer: int = -2
+    pinpoints: list = field(default_factory=lambda: [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]])
+
+    def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise InstitError(f"unsupported --arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.llm not in LLMS:
+            raise InstitError(f"unsupported --llm {self.llm!r}; choose one of {', '.join(LLMS)}")
+        if self.vision not in VISIONS:
+            raise InstitError(f"unsupported --vision {self.vision!r}; choose one of {', '.join(VISIONS)}")
+        if self.vision_intermediate == self.vision_hidden:
+            raise InstitError("vision intermediate size must differ from hidden size (llama.cpp un-swaps the MLP by shape)")
+
+
+# Special tokens of each chat family. <image> is always a special (CONTROL) token.
+def _special_tokens(llm: str) -> list[str]:
+    if llm == "qwen2":
+        return ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+    return ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<video>"]
+
+
+def _corpus() -> list[str]:
+    """Offline training text for the tokenizer: Inst-IT style prompts and captions."""
+    colours = "red green blue yellow purple orange white black cyan pink brown grey".split()
+    shapes = "circle square triangle star ring cross object instance person cup".split()
+    words = []
+    for c in colours:
+        for s in shapes:
+            words.append(f"a {c} {s}")
+    lines = [
+        "A chat between a curious human and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+        "USER: ASSISTANT: system user assistant You are a helpful assistant.",
+        "Based on the image, select the best answer to the following multiple-choice question.",
+        "Respond with only the letter (A, B, C, or D) of the correct option. The best answer is: ",
+        "Based on the input image, please answer the question: Based on the input video,",
+        "What is [1] holding? What changed for [2] between <2> and <5>? [3] [4] [5] at <6> during <7>-<8>",
+        "# Task Definition:\n# Guidelines and Rules:\n- Object References: Each object has a unique ID.",
+        "The quick brown fox jumps over the lazy dog. 0123456789 left right above below top bottom middle",
+        "How many objects are there? Which object is on the left? The object moves to the right.",
+    ]
+    lines += [" ".join(words[i:i + 8]) for i in range(0, len(words), 8)]
+    lines += [f"[{i}] is a {c} {s}." for i, (c, s) in enumerate(zip(colours * 3, shapes * 4), 1)]
+    return lines * 4
+
+
+def build_tokenizer(spec: TinySpec, out_dir: Path):
+    """Train a byte-level BPE tokenizer offline and wrap it as a fast HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = _special_tokens(spec.llm)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    if spec.llm == "llama":
+        bos = tok.token_to_id("<s>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+        )
+        kw = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+        template = VICUNA_TEMPLATE
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        kw = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>")
+        template = CHATML_TEMPLATE
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_input_names=["input_ids", "attention_mask"],
+        extra_special_tokens={"image_token": "<image>"},
+        **kw,
+    )
+    hf.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
+    hf.chat_template = template
+    return hf
+
+
+def _vision_config(spec: TinySpec):
+    common = dict(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_intermediate,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+    )
+    if spec.vision == "clip":
+        from transformers import CLIPVisionConfig
+
+        return CLIPVisionConfig(projection_dim=spec.vision_hidden, **common)
+    from transformers import SiglipVisionConfig
+
+    return SiglipVisionConfig(**common)
+
+
+def _text_config(spec: TinySpec, vocab: int, tokenizer):
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    )
+    if spec.llm == "llama":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **common,
+        )
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, use_sliding_window=False, **common
+    )
+
+
+def build_tiny(out: str | Path, spec: TinySpec | None = None, force: bool = False) -> Path:
+    """Build, save and return the path of a tiny LLaVA / LLaVA-Next checkpoint."""
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+        LlavaProcessor,
+    )
+
+    from ..atomic import atomic_dir
+
+    spec = spec or TinySpec()
+    spec.validate()
+    out = Path(out)
+    if out.exists() and not force:
+        raise InstitError(f"output exists: {out} (pass --force to replace it)")
+
+    torch.manual_seed(spec.seed)
+    with atomic_dir(out, force=force) as tmp:
+        tokenizer = build_tokenizer(spec, tmp)
+        vocab = len(tokenizer)
+        image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+        vision = _vision_config(spec)
+        text = _text_config(spec, vocab, tokenizer)
+        strategy = "default" if spec.vision == "clip" else "full"
+        n_extra = 1 if spec.vision == "clip" else 0
+        common = dict(
+            vision_config=vision,
+            text_config=text,
+            image_token_id=image_token_id,
+            vision_feature_layer=spec.feature_layer,
+            vision_feature_select_strategy=strategy,
+            projector_hidden_act="gelu",
+            tie_word_embeddings=False,
+        )
+        mean = [0.48145466, 0.4578275, 0.40821073] if spec.vision == "clip" else [0.5, 0.5, 0.5]
+        std = [0.26862954, 0.26130258, 0.27577711] if spec.vision == "clip" else [0.5, 0.5, 0.5]
+        image_processor_kw = dict(
+            size={"shortest_edge": spec.image_size},
+            crop_size={"height": spec.image_size, "width": spec.image_size},
+            image_mean=mean,
+            image_std=std,
+            do_center_crop=True,
+        )
+        if spec.arch == "llava-next":
+            from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+            config = LlavaNextConfig(image_grid_pinpoints=spec.pinpoints, **common)
+            model = LlavaNextForConditionalGeneration(config)
+            image_processor = LlavaNextImageProcessorPil(image_grid_pinpoints=spec.pinpoints, **image_processor_kw)
+            processor = LlavaNextProcessor(
+                image_processor=image_processor,
+                tokenizer=tokenizer,
+                patch_size=spec.patch_size,
+                vision_feature_select_strategy=strategy,
+                num_additional_image_tokens=n_extra,
+                image_token="<image>",
+                chat_template=tokenizer.chat_template,
+            )
+        else:
+            config = LlavaConfig(**common)
+            model = LlavaForConditionalGeneration(config)
+            try:
+                from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as _IP
+            except ImportError:  # pragma: no cover - older layout
+                _IP = CLIPImageProcessor
+            image_processor = _IP(**image_processor_kw)
+            processor = LlavaProcessor(
+                image_processor=image_processor,
+                tokenizer=tokenizer,
+                patch_size=spec.patch_size,
+                vision_feature_select_strategy=strategy,
+                num_additional_image_tokens=n_extra,
+                image_token="<image>",
+                chat_template=tokenizer.chat_template,
+            )
+        _init_weights(model, spec.seed)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "instit_tiny.json").write_text(json.dumps(spec.__dict__, indent=2) + "\n")
+    return out
+
+
+def _init_weights(model, seed: int) -> None:
+    """Give every weight a non-trivial random value (HF init leaves norms at 1, biases at 0).
+
+    Random norms / biases make parity tests meaningful: a swapped or dropped
+    norm or bias changes the output.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                if "norm" in name or "ln" in name or "layernorm" in name:
+                    p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+                else:
+                    p.copy_(0.02 * torch.randn(p.shape, generator=g))
+            else:
+                fan_in = p.shape[-1] if p.ndim == 2 else p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) / max(fan_in, 1) ** 0.5)
