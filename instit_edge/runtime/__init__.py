@@ -1,0 +1,1 @@
+"""On-device runtime: ONNX Runtime vision + llama.cpp LLM. Imports no torch."""

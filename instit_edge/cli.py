@@ -1,0 +1,217 @@
+"""The ``instit-edge`` command line.
+
+Every user error is one line on stderr and exit code 2 (``--debug`` shows the
+traceback). Heavy imports (torch, transformers) happen inside the commands
+that need them, so ``ask`` on a device never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .errors import InstitError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Instance-aware VLMs (Inst-IT) on edge devices: build, export, ask, mark, evaluate.",
+)
+console = Console(stderr=True)
+out = Console()
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")):
+    """instit-edge: export LLaVA / LLaVA-Next to GGUF + ONNX bundles and ask instance questions on device."""
+
+
+def _split(csv: str) -> list[str]:
+    return [s.strip() for s in csv.split(",") if s.strip()]
+
+
+def _steps(total: int, description: str):
+    """A rich progress bar driven by named steps."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), console=console, transient=False)
+    task = prog.add_task(description, total=total)
+
+    def step(name: str) -> None:
+        prog.update(task, advance=1, description=f"{description}: {name}")
+
+    return prog, step
+
+
+# --------------------------------------------------------------------------- doctor
+@app.command()
+def doctor():
+    """Report versions and capabilities; exit 1 when a required piece is missing (and say how to fix it)."""
+    from .doctor import run_doctor
+
+    rows, missing = run_doctor()
+    from rich.table import Table
+
+    t = Table(title="instit-edge doctor")
+    for col in ("component", "status", "detail"):
+        t.add_column(col)
+    for comp, ok, detail in rows:
+        t.add_row(comp, "[green]ok[/]" if ok is True else ("[yellow]optional[/]" if ok is None else "[red]missing[/]"),
+                  detail)
+    out.print(t)
+    if missing:
+        for m in missing:
+            console.print(f"[red]missing:[/] {m}")
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- tiny
+@app.command()
+def tiny(
+    out_dir: Path = typer.Option(..., "--out", help="Directory to write the checkpoint to."),
+    arch: str = typer.Option("llava-next", help="llava | llava-next"),
+    llm: str = typer.Option("llama", help="llama | qwen2"),
+    vision: str = typer.Option("clip", help="clip | siglip"),
+    seed: int = typer.Option(0, help="Weight seed."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+):
+    """Build a tiny LLaVA / LLaVA-Next checkpoint offline (random weights, real tokenizer and processor)."""
+    from .models.tiny import TinySpec, build_tiny
+
+    spec = TinySpec(arch=arch, llm=llm, vision=vision, seed=seed)
+    spec.validate()
+    with console.status(f"building tiny {arch} ({llm} + {vision})"):
+        p = build_tiny(out_dir, spec, force=force)
+    size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    console.print(f"[green]wrote[/] {p} ({size / 1e6:.1f} MB)")
+
+
+# --------------------------------------------------------------------------- synth
+@app.command()
+def synth(
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the synthetic world."),
+    seed: int = typer.Option(0, help="World seed (same seed, same world)."),
+    images: int = typer.Option(40, "--images", help="Number of still scenes."),
+    videos: int = typer.Option(10, "--videos", help="Number of short videos."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+):
+    """Build a synthetic Inst-IT world: marked scenes and videos, a bench (JSON + parquet) and a training set."""
+    import shutil
+
+    from rich.progress import Progress
+
+    from .data.synth import build_world
+
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise InstitError(f"output exists: {out_dir} (pass --force to replace it)")
+        shutil.rmtree(out_dir)
+    with Progress(console=console) as prog:
+        task = prog.add_task("synth", total=images + videos)
+        summary = build_world(out_dir, seed=seed, n_images=images, n_videos=videos,
+                              progress=lambda n=1: prog.advance(task, n))
+    console.print(f"[green]wrote[/] {out_dir}")
+    out.print_json(json.dumps(summary, default=str))
+
+
+# --------------------------------------------------------------------------- export
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="Local HF checkpoint directory (or a hub name when online)."),
+    out_dir: Path = typer.Option(..., "--out", help="Bundle directory to create."),
+    llm_types: str = typer.Option("f16", "--llm-types", help="Comma list of GGUF types to write: f16, f32."),
+    vision_types: str = typer.Option("fp32,fp16", "--vision-types", help="Comma list: fp32 (required), fp16."),
+    mmproj: bool = typer.Option(True, "--mmproj/--no-mmproj", help="Also write mmproj.f16.gguf for llama.cpp tools."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle (only once the new one is complete)."),
+):
+    """Export a LLaVA / LLaVA-Next checkpoint to an edge bundle (GGUF LLM + ONNX vision + mmproj + manifest)."""
+    from .export.bundle_writer import export_bundle
+    from .models.loading import check_checkpoint
+
+    check_checkpoint(model)
+    if out_dir.exists() and not force:
+        raise InstitError(f"output exists: {out_dir} (pass --force to replace it)")
+    lt, vt = tuple(_split(llm_types)), tuple(_split(vision_types))
+    prog, step = _steps(2 + len(lt) + len(vt) + int(mmproj), "export")
+    with prog:
+        b = export_bundle(model, out_dir, force=force, llm_types=lt, vision_types=vt, mmproj=mmproj, progress=step)
+    _print_bundle(b)
+
+
+def _print_bundle(b) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"bundle {b.root}")
+    for col in ("group", "variant", "file", "size"):
+        t.add_column(col)
+    for group, name, path, size in b.describe():
+        t.add_row(group, name, path, f"{size / 1e6:.2f} MB")
+    out.print(t)
+
+
+# --------------------------------------------------------------------------- ask
+@app.command()
+def ask(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    question: Optional[str] = typer.Option(None, "--question", "-q", help="The question, e.g. 'What is [2] holding?'"),
+    image: Optional[Path] = typer.Option(None, "--image", help="An image (with marks drawn)."),
+    video: Optional[Path] = typer.Option(None, "--video", help="A video file or a folder of frames."),
+    llm: str = typer.Option("f16", "--llm", help="LLM variant (see --list)."),
+    vision: str = typer.Option("fp32", "--vision", help="Vision variant (see --list)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Generation length cap (official: 128)."),
+    temperature: float = typer.Option(0.0, help="0 = greedy (the official protocol)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
+    gpu_layers: int = typer.Option(0, "--gpu-layers", help="LLM layers to offload to a GPU (llama.cpp GPU build)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the answer with timings as JSON."),
+    list_variants: bool = typer.Option(False, "--list", help="List the bundle's variants and exit."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip sha256 checks (faster start)."),
+):
+    """Answer a question about an image or a video from a bundle (llama.cpp + ONNX Runtime, no torch)."""
+    from .bundle import Bundle
+
+    b = Bundle.load(bundle, verify=False)
+    if list_variants:
+        _print_bundle(b)
+        return
+    if not question:
+        raise InstitError("give a question with --question")
+    if image is None and video is None:
+        raise InstitError("give --image PATH or --video PATH_OR_FRAME_DIR")
+    from .runtime.session import EdgeSession
+
+    s = EdgeSession.load(b, llm=llm, vision=vision, n_threads=threads, n_gpu_layers=gpu_layers, verify=not no_verify)
+    pieces = []
+    for piece in s.stream(question, image=image, video=video, max_new_tokens=max_new_tokens, temperature=temperature):
+        pieces.append(piece)
+        if not as_json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    if as_json:
+        print(json.dumps({"answer": "".join(pieces).strip(), **s.last_stats}))
+    else:
+        sys.stdout.write("\n")
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv
+    try:
+        app()
+    except InstitError as e:
+        if debug:
+            raise
+        console.print(f"[red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

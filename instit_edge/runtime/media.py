@@ -1,0 +1,63 @@
+"""Reading videos (files or frame folders) into RGB frames, with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InstitError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def sample_indices(n: int, k: int) -> list[int]:
+    """``k`` frame indices spread uniformly over ``n`` frames (all when n <= k)."""
+    if n <= k:
+        return list(range(n))
+    return [int(round(i * (n - 1) / (k - 1))) for i in range(k)] if k > 1 else [0]
+
+
+def load_frames(source, max_frames: int = 32) -> list[np.ndarray]:
+    """Frames as HxWx3 uint8 RGB arrays from a frame folder, a video file, or a list."""
+    from .anyres import load_image
+
+    if isinstance(source, (list, tuple)):
+        frames = [np.asarray(load_image(f)) for f in source]
+    else:
+        p = Path(source)
+        if not p.exists():
+            raise InstitError(f"video not found: {p}")
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+            if not files:
+                raise InstitError(f"video folder {p} has no frames (*.jpg, *.png)")
+            files = [files[i] for i in sample_indices(len(files), max_frames)]
+            frames = [np.asarray(load_image(f)) for f in files]
+        else:
+            frames = _read_video_file(p, max_frames)
+    if not frames:
+        raise InstitError(f"video {source} has zero frames")
+    if len(frames) > max_frames:
+        frames = [frames[i] for i in sample_indices(len(frames), max_frames)]
+    return frames
+
+
+def _read_video_file(p: Path, max_frames: int) -> list[np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(p))
+    if not cap.isOpened():
+        raise InstitError(f"cannot open video {p} (unreadable or unsupported codec)")
+    frames = []
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    finally:
+        cap.release()
+    if not frames:
+        raise InstitError(f"video {p} has zero readable frames (corrupt or empty file)")
+    return [frames[i] for i in sample_indices(len(frames), max_frames)]

@@ -1,0 +1,223 @@
+"""``EdgeSession``: answer instance questions from a bundle, without torch.
+
+Vision runs in ONNX Runtime with exact Hugging Face preprocessing and packing
+(numpy); the embeddings are injected into llama.cpp. Two caches make repeated
+questions cheap: image embeddings by content hash, and the llama.cpp KV of
+the longest common prompt prefix (system prompt, and the image rows when the
+same image is asked about again).
+
+    from instit_edge import EdgeSession
+    s = EdgeSession.load("bundle/", llm="q4_k_m", vision="int8")
+    for piece in s.stream("What is [2] holding?", image="frame.jpg"):
+        print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..errors import InstitError
+from .anyres import Preprocess, load_image, pack_anyres, pool_video_frame
+from .llm_llamacpp import GenStats, LlamaCppLLM, Segment
+
+
+@dataclass
+class Answer:
+    text: str
+    stats: dict = field(default_factory=dict)
+
+
+def build_user_prompt(question: str, template: str, media: str | None, image_token: str = "<image>") -> str:
+    """The chat prompt with one image placeholder before the question (official Inst-IT layout)."""
+    from ..prompting import render_chat
+
+    content = f"{image_token}\n{question}" if media else question
+    return render_chat(template, [("user", content)], add_generation_prompt=True)
+
+
+class EdgeSession:
+    def __init__(self, bundle: Bundle, llm: LlamaCppLLM, vision, llm_variant: str, vision_variant: str):
+        self.bundle = bundle
+        self.llm = llm
+        self.vision = vision
+        self.llm_variant = llm_variant
+        self.vision_variant = vision_variant
+        self.pre = Preprocess.from_dict(bundle.preprocess)
+        p = bundle.path("extra", "image_newline") if "image_newline" in bundle.variants("extra") else None
+        self.newline = np.load(p) if p is not None else None
+        self.prompt_cfg = bundle.prompt
+        self._embd_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_size = 64
+        self.last_stats: dict = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        bundle: str | Path | Bundle,
+        llm: str = "f16",
+        vision: str = "fp32",
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_ctx: int | None = None,
+        verify: bool = True,
+        f32_kv: bool = False,
+        verbose: bool = False,
+    ) -> "EdgeSession":
+        from .vision_onnx import OnnxVision
+
+        b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, verify=False)
+        llm_path = b.path("llm", llm)
+        vision_path = b.path("vision", vision)
+        if verify:  # only the files this session uses
+            names = [b.entry("llm", llm)["path"], b.entry("vision", vision)["path"]]
+            if "image_newline" in b.variants("extra"):
+                names.append(b.entry("extra", "image_newline")["path"])
+            b.verify(names)
+        ctx = n_ctx or min(int(b.architecture.get("context_length", 4096)), 8192)
+        lm = LlamaCppLLM(llm_path, n_ctx=ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, f32_kv=f32_kv,
+                         verbose=verbose)
+        vis = OnnxVision(vision_path, n_threads=n_threads, prefer_gpu=n_gpu_layers != 0)
+        return cls(b, lm, vis, llm, vision)
+
+    # ------------------------------------------------------------------ vision
+    def _cached(self, key: str, compute) -> np.ndarray:
+        if key in self._embd_cache:
+            self._embd_cache.move_to_end(key)
+            return self._embd_cache[key]
+        rows = compute()
+        self._embd_cache[key] = rows
+        while len(self._embd_cache) > self.cache_size:
+            self._embd_cache.popitem(last=False)
+        return rows
+
+    @staticmethod
+    def _hash(arr: np.ndarray) -> str:
+        h = hashlib.sha1(arr.tobytes())
+        h.update(str(arr.shape).encode())
+        return h.hexdigest()[:20]
+
+    def image_embeddings(self, image) -> tuple[np.ndarray, str]:
+        """Packed image rows ``[n, d_text]`` (AnyRes + unpad + newline for LLaVA-Next) and a cache key."""
+        arr = np.asarray(load_image(image))
+        key = f"img:{self.vision_variant}:{self._hash(arr)}"
+
+        def compute():
+            from PIL import Image
+
+            crops, hw = self.pre.crops(Image.fromarray(arr), anyres=True)
+            feats = self.vision(crops)
+            if self.pre.pinpoints:
+                return pack_anyres(feats, hw, self.pre.pinpoints, self.pre.image_size,
+                                   self.bundle.preprocess["patch_size"], self.newline)
+            return feats[0]
+
+        return self._cached(key, compute), key
+
+    def frame_embeddings(self, frame: np.ndarray) -> np.ndarray:
+        """One video frame: no AnyRes, pooled as the bundle's video config says."""
+        vcfg = self.bundle.preprocess.get("video", {})
+        key = f"frm:{self.vision_variant}:{self._hash(frame)}"
+
+        def compute():
+            from PIL import Image
+
+            crops, _ = self.pre.crops(Image.fromarray(frame), anyres=False)
+            feats = self.vision(crops)[0]
+            return pool_video_frame(feats, int(vcfg.get("pool_stride", 1)), vcfg.get("pool_mode", "average"))
+
+        return self._cached(key, compute)
+
+    def video_embeddings(self, video) -> tuple[np.ndarray, str, int]:
+        from .media import load_frames
+
+        max_frames = int(self.bundle.preprocess.get("video", {}).get("max_frames", 32))
+        frames = load_frames(video, max_frames=max_frames)
+        rows = [self.frame_embeddings(f) for f in frames]
+        key = "vid:" + hashlib.sha1("".join(self._hash(f) for f in frames).encode()).hexdigest()[:20]
+        return np.concatenate(rows, 0), key, len(frames)
+
+    # ------------------------------------------------------------------ prompt
+    def segments(self, question: str, rows: np.ndarray | None, key: str = "") -> list[Segment]:
+        p = self.prompt_cfg
+        text = build_user_prompt(question, p["template"], "image" if rows is not None else None, p["image_token"])
+        if rows is None:
+            return [Segment(tokens=self.llm.tokenize(text, add_bos=p["add_bos"]))]
+        before, after = text.split(p["image_token"], 1)
+        return [
+            Segment(tokens=self.llm.tokenize(before, add_bos=p["add_bos"])),
+            Segment(embd=rows, key=key),
+            Segment(tokens=self.llm.tokenize(after, add_bos=False)),
+        ]
+
+    def prepare(self, question: str, image=None, video=None, valid_ids=None) -> tuple[list[Segment], dict]:
+        from ..prompting import validate_references
+
+        if not question or not question.strip():
+            raise InstitError("the question is empty")
+        if image is not None and video is not None:
+            raise InstitError("give an image or a video, not both")
+        t0 = time.perf_counter()
+        n_frames = None
+        rows, key = None, ""
+        if image is not None:
+            rows, key = self.image_embeddings(image)
+        elif video is not None:
+            rows, key, n_frames = self.video_embeddings(video)
+        validate_references(question, valid_ids=valid_ids, n_frames=n_frames)
+        vision_s = time.perf_counter() - t0
+        return self.segments(question, rows, key), {"vision_ms": round(vision_s * 1000, 3),
+                                                     "image_rows": 0 if rows is None else len(rows),
+                                                     "frames": n_frames}
+
+    # ------------------------------------------------------------------ answer
+    def stream(
+        self,
+        question: str,
+        image=None,
+        video=None,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        valid_ids=None,
+    ) -> Iterator[str]:
+        """Yield the answer piece by piece; ``last_stats`` holds timings afterwards."""
+        segs, info = self.prepare(question, image, video, valid_ids)
+        stats = GenStats(extra={"llm": self.llm_variant, "vision": self.vision_variant, **info})
+        self.last_stats = {}
+        mnt = max_new_tokens or int(self.prompt_cfg.get("max_new_tokens", 128))
+        yield from self.llm.generate(segs, mnt, temperature, top_p, top_k, seed, self.prompt_cfg.get("stop", []),
+                                     stats)
+        self.last_stats = stats.as_dict()
+
+    def ask(self, question: str, image=None, video=None, **kw) -> Answer:
+        text = "".join(self.stream(question, image=image, video=video, **kw))
+        return Answer(text.strip(), dict(self.last_stats))
+
+    def logits(self, question: str, image=None, video=None) -> np.ndarray:
+        """Logits of every text position of the prompt (image rows excluded), for parity tests."""
+        segs, _ = self.prepare(question, image, video)
+        out, _ = self.llm.prefill(segs, all_logits=True)
+        return out
+
+    def generated_ids(self, question: str, image=None, video=None, max_new_tokens: int = 16) -> list[int]:
+        """Greedy token ids, ignoring end-of-generation (for parity against the torch reference)."""
+        segs, _ = self.prepare(question, image, video)
+        logits, _ = self.llm.prefill(segs)
+        out = []
+        for i in range(max_new_tokens):
+            tok = int(np.argmax(logits))
+            out.append(tok)
+            if i + 1 < max_new_tokens:
+                logits = self.llm.step(tok)
+        return out

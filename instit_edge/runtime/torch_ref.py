@@ -1,0 +1,168 @@
+"""The PyTorch reference backend: the same interface as ``EdgeSession``, on the HF checkpoint.
+
+Used by parity tests and by users with a GPU. Images go through the HF
+processor and ``model(...)`` / ``model.generate(...)`` exactly as transformers
+runs them; video frames follow the Inst-IT video convention (no AnyRes,
+2x2 average pooling) in torch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import InstitError
+from .anyres import load_image
+from .session import Answer, build_user_prompt
+
+
+@dataclass
+class TorchSession:
+    model: object
+    processor: object
+    template: str
+    video: dict
+    device: str = "cpu"
+    last_stats: dict = None
+
+    @classmethod
+    def load(cls, checkpoint: str, device: str = "cpu", dtype: str = "float32") -> "TorchSession":
+        from ..export.bundle_writer import TEMPLATES
+        from ..models.loading import load_model
+
+        model, processor = load_model(checkpoint, dtype=dtype, device=device)
+        template = TEMPLATES[model.config.text_config.model_type]
+        video = {"pool_stride": 2, "pool_mode": "average", "max_frames": 32}
+        return cls(model, processor, template, video, device, {})
+
+    # ------------------------------------------------------------------ inputs
+    def _inputs(self, question: str, image=None, video=None):
+        import torch
+
+        tok = self.processor.tokenizer
+        media = "image" if (image is not None or video is not None) else None
+        text = build_user_prompt(question, self.template, media)
+        if image is not None:
+            img = load_image(image)
+            inputs = self.processor(images=img, text=text, return_tensors="pt").to(self.device)
+            with torch.no_grad():
+                embeds = self.model.get_input_embeddings()(inputs["input_ids"])
+                kw = {k: v for k, v in inputs.items() if k in ("pixel_values", "image_sizes")}
+                feats = self.model.get_image_features(**kw)
+                rows = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+                rows = torch.cat(list(rows), 0) if isinstance(rows, (list, tuple)) else rows.reshape(-1, rows.shape[-1])
+            return self._splice(inputs["input_ids"], embeds, rows)
+        if video is not None:
+            rows = self.video_rows(video)
+            ids = tok(text.replace("<image>", "<image>"), return_tensors="pt")["input_ids"].to(self.device)
+            with torch.no_grad():
+                embeds = self.model.get_input_embeddings()(ids)
+            return self._splice(ids, embeds, rows, expand=True)
+        ids = tok(text, return_tensors="pt")["input_ids"].to(self.device)
+        with torch.no_grad():
+            return ids, self.model.get_input_embeddings()(ids), 0
+
+    def _splice(self, ids, embeds, rows, expand: bool = False):
+        import torch
+
+        img_id = self.model.config.image_token_id
+        pos = (ids[0] == img_id).nonzero().flatten().tolist()
+        if not pos:
+            raise InstitError("prompt has no image placeholder")
+        start = pos[0]
+        n_placeholder = 1 if expand else len(pos)
+        if not expand and n_placeholder != len(rows):
+            raise InstitError(f"processor made {n_placeholder} image tokens but the model gives {len(rows)} rows")
+        rows = rows.to(embeds.dtype)
+        full = torch.cat([embeds[:, :start], rows[None], embeds[:, start + n_placeholder:]], 1)
+        return ids, full, len(rows) - n_placeholder
+
+    def video_rows(self, video):
+        import torch
+        import torch.nn.functional as F
+        from PIL import Image
+
+        from ..export.onnx_vision import vision_module
+        from .anyres import Preprocess
+        from .media import load_frames
+
+        ip = self.processor.image_processor
+        pre = Preprocess(ip.crop_size["height"], list(ip.image_mean), list(ip.image_std), None)
+        frames = load_frames(video, self.video["max_frames"])
+        crops = np.concatenate([pre.crops(Image.fromarray(f), anyres=False)[0] for f in frames])
+        with torch.no_grad():
+            feats = vision_module(self.model)(torch.from_numpy(crops).to(self.device))
+            n, t, d = feats.shape
+            side = int(round(t ** 0.5))
+            g = feats.reshape(n, side, side, d).permute(0, 3, 1, 2)
+            s = self.video["pool_stride"]
+            g = F.avg_pool2d(g, s, s, ceil_mode=True) if s > 1 else g
+            return g.permute(0, 2, 3, 1).reshape(-1, d)
+
+    # ------------------------------------------------------------------ API
+    def logits(self, question: str, image=None, video=None) -> np.ndarray:
+        """Logits at every text position (image rows excluded), like ``EdgeSession.logits``."""
+        import torch
+
+        ids, embeds, extra = self._inputs(question, image, video)
+        with torch.no_grad():
+            out = self.model(inputs_embeds=embeds).logits[0].float().cpu().numpy()
+        img_id = self.model.config.image_token_id
+        pos = (ids[0] == img_id).nonzero().flatten().tolist()
+        if not pos:
+            return out
+        n_rows = (len(pos) if extra == 0 else 1) + extra
+        start = pos[0]
+        return np.concatenate([out[:start], out[start + n_rows:]], 0)
+
+    def stream(self, question: str, image=None, video=None, max_new_tokens: int = 128, **_) -> Iterator[str]:
+        import torch
+
+        t0 = time.perf_counter()
+        ids, embeds, _extra = self._inputs(question, image, video)
+        tok = self.processor.tokenizer
+        eos = tok.eos_token_id
+        past = None
+        out_ids: list[int] = []
+        text = ""
+        cur = embeds
+        ttft = None
+        with torch.no_grad():
+            for i in range(max_new_tokens):
+                o = self.model(inputs_embeds=cur, past_key_values=past, use_cache=True)
+                past = o.past_key_values
+                nxt = int(o.logits[0, -1].argmax())
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
+                if nxt == eos:
+                    break
+                out_ids.append(nxt)
+                new = tok.decode(out_ids, skip_special_tokens=True)
+                piece, text = new[len(text):], new
+                if piece:
+                    yield piece
+                cur = self.model.get_input_embeddings()(torch.tensor([[nxt]], device=self.device))
+        self.last_stats = {"generated_tokens": len(out_ids), "ttft_s": ttft, "total_s": time.perf_counter() - t0,
+                           "prompt_tokens": int(embeds.shape[1])}
+
+    def generated_ids(self, question: str, image=None, video=None, max_new_tokens: int = 16) -> list[int]:
+        import torch
+
+        ids, embeds, _ = self._inputs(question, image, video)
+        out = []
+        past, cur = None, embeds
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                o = self.model(inputs_embeds=cur, past_key_values=past, use_cache=True)
+                past = o.past_key_values
+                nxt = int(o.logits[0, -1].argmax())
+                out.append(nxt)
+                cur = self.model.get_input_embeddings()(torch.tensor([[nxt]], device=self.device))
+        return out
+
+    def ask(self, question: str, image=None, video=None, **kw) -> Answer:
+        text = "".join(self.stream(question, image=image, video=video, **kw))
+        return Answer(text.strip(), dict(self.last_stats or {}))

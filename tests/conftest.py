@@ -1,0 +1,59 @@
+"""Shared, session-scoped fixtures: tiny models and bundles are built once per test run."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+COMBOS = [f"{a}-{l}-{v}" for a, l, v in itertools.product(("llava-next", "llava"), ("llama", "qwen2"), ("clip", "siglip"))]
+
+
+def _spec(combo: str):
+    from instit_edge.models.tiny import TinySpec
+
+    parts = combo.split("-")
+    vision, llm = parts[-1], parts[-2]
+    arch = "-".join(parts[:-2])
+    return TinySpec(arch=arch, llm=llm, vision=vision, seed=sum(map(ord, combo)))
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("shared")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(workdir):
+    """combo name -> checkpoint path (built lazily, once)."""
+    from instit_edge.models.tiny import build_tiny
+
+    cache: dict[str, Path] = {}
+
+    def get(combo: str) -> Path:
+        if combo not in cache:
+            cache[combo] = build_tiny(workdir / "tiny" / combo, _spec(combo))
+        return cache[combo]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def bundles(workdir, tiny_models):
+    """combo name -> bundle path with f16 + f32 LLMs and fp32 + fp16 vision (exported once)."""
+    from instit_edge.export.bundle_writer import export_bundle
+
+    cache: dict[str, Path] = {}
+
+    def get(combo: str) -> Path:
+        if combo not in cache:
+            out = workdir / "bundles" / combo
+            export_bundle(str(tiny_models(combo)), out, llm_types=("f16", "f32"))
+            cache[combo] = out
+        return cache[combo]
+
+    return get
