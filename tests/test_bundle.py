@@ -1,0 +1,152 @@
+"""Bundle manifest, verification and one-line errors for bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from instit_edge.bundle import Bundle
+from instit_edge.errors import InstitError
+
+
+@pytest.fixture()
+def bundle_copy(bundles, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(bundles("llava-next-llama-clip"), dst)
+    return dst
+
+
+def _one_line(e):
+    msg = str(e.value)
+    assert "\n" not in msg and msg
+    return msg
+
+
+def test_manifest_lists_every_file_with_size_and_sha(bundles):
+    b = Bundle.load(bundles("llava-next-llama-clip"), verify=True)
+    m = b.manifest
+    assert m["format_version"] == 1
+    pre = m["preprocess"]
+    for key in ("image_size", "image_mean", "image_std", "pinpoints", "feature_layer", "select_strategy", "video"):
+        assert key in pre
+    assert m["prompt"]["template"] == "vicuna_v1" and m["prompt"]["image_token"] == "<image>"
+    files = {e["path"] for g in m["files"].values() for e in g.values()}
+    assert {"llm.f16.gguf", "vision.onnx", "vision.fp16.onnx", "mmproj.f16.gguf", "image_newline.npy"} <= files
+    on_disk = {p.name for p in b.root.iterdir()} - {"bundle.json"}
+    assert on_disk == files  # nothing unlisted, nothing missing
+    q = Bundle.load(bundles("llava-next-qwen2-siglip"), verify=False)
+    assert q.prompt["template"] == "chatml"
+
+
+def test_tampered_file_is_named(bundle_copy):
+    p = bundle_copy / "vision.onnx"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(InstitError) as e:
+        Bundle.load(bundle_copy, verify=True)
+    assert "vision.onnx" in _one_line(e) and "sha256" in str(e.value)
+
+
+def test_truncated_and_missing_files(bundle_copy):
+    from instit_edge.runtime.session import EdgeSession
+
+    original = (bundle_copy / "llm.f16.gguf").read_bytes()
+    (bundle_copy / "llm.f16.gguf").write_bytes(b"GGUF")
+    with pytest.raises(InstitError) as e:
+        EdgeSession.load(bundle_copy, llm="f16")
+    assert "llm.f16.gguf" in _one_line(e)
+    (bundle_copy / "llm.f16.gguf").write_bytes(original)
+    (bundle_copy / "vision.onnx").unlink()
+    with pytest.raises(InstitError) as e:
+        Bundle.load(bundle_copy).verify()
+    assert "vision.onnx" in _one_line(e)
+
+
+def test_missing_variant_lists_available(bundles):
+    from instit_edge.runtime.session import EdgeSession
+
+    with pytest.raises(InstitError) as e:
+        EdgeSession.load(bundles("llava-next-llama-clip"), llm="q4_k_m")
+    msg = _one_line(e)
+    assert "q4_k_m" in msg and "f16" in msg and "f32" in msg
+
+
+def test_corrupt_manifest(bundle_copy):
+    (bundle_copy / "bundle.json").write_text("{not json")
+    with pytest.raises(InstitError) as e:
+        Bundle.load(bundle_copy)
+    assert "bundle.json" in _one_line(e)
+    (bundle_copy / "bundle.json").write_text(json.dumps({"format_version": 99}))
+    with pytest.raises(InstitError, match="format_version"):
+        Bundle.load(bundle_copy)
+
+
+def test_prompt_over_context_gives_both_numbers(bundles):
+    from instit_edge.runtime.session import EdgeSession
+
+    s = EdgeSession.load(bundles("llava-next-llama-clip"), llm="f16", n_ctx=64, verify=False)
+    img = Image.fromarray(np.zeros((40, 70, 3), np.uint8))
+    with pytest.raises(InstitError) as e:
+        s.ask("What is [1]? " * 100, image=img)
+    msg = _one_line(e)
+    n_prompt = sum(len(seg) for seg in s.segments("What is [1]? " * 100, s.image_embeddings(img)[0]))
+    assert f"prompt is {n_prompt} tokens" in msg and str(s.llm.n_ctx) in msg
+
+
+def test_unreadable_image_and_empty_video(bundles, tmp_path):
+    from instit_edge.runtime.session import EdgeSession
+
+    s = EdgeSession.load(bundles("llava-next-llama-clip"), llm="f16", verify=False)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(InstitError) as e:
+        s.ask("What is [1]?", image=bad)
+    assert "bad.jpg" in _one_line(e)
+    empty = tmp_path / "frames"
+    empty.mkdir()
+    with pytest.raises(InstitError) as e:
+        s.ask("What is [1] at <1>?", video=empty)
+    assert "no frames" in _one_line(e)
+    broken = tmp_path / "clip.mp4"
+    broken.write_bytes(b"\x00" * 100)
+    with pytest.raises(InstitError) as e:
+        s.ask("What is [1]?", video=broken)
+    assert "clip.mp4" in _one_line(e)
+
+
+def test_timestamp_past_last_frame_is_rejected(bundles):
+    from instit_edge.runtime.session import EdgeSession
+
+    s = EdgeSession.load(bundles("llava-next-llama-clip"), llm="f16", verify=False)
+    frames = [np.zeros((32, 32, 3), np.uint8)] * 3
+    with pytest.raises(InstitError) as e:
+        s.ask("What does [1] do at <5>?", video=frames)
+    assert "3" in _one_line(e)
+
+
+def test_export_refusals(tiny_models, tmp_path):
+    from instit_edge.export.bundle_writer import export_bundle
+
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(InstitError, match="--force"):
+        export_bundle(str(tiny_models("llava-llama-clip")), tmp_path / "exists")
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_models("llava-llama-clip"), ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["model_type"] = "blip-2"
+    (ck / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InstitError) as e:
+        export_bundle(str(ck), tmp_path / "out")
+    assert "llava" in _one_line(e) and "blip-2" in str(e.value)
+    assert not (tmp_path / "out").exists()
+    cfg["model_type"] = "llava"
+    (ck / "config.json").write_text(json.dumps(cfg))
+    for f in ck.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(InstitError, match="weight"):
+        export_bundle(str(ck), tmp_path / "out")
+    with pytest.raises(InstitError, match="not found"):
+        export_bundle(str(tmp_path / "nowhere" / "model"), tmp_path / "out")
