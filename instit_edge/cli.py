@@ -103,20 +103,18 @@ def synth(
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
 ):
     """Build a synthetic Inst-IT world: marked scenes and videos, a bench (JSON + parquet) and a training set."""
-    import shutil
+    import time
 
     from rich.progress import Progress
 
-    from .data.synth import build_world
+    from .data.synth import build_world, world_units
 
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            raise InstitError(f"output exists: {out_dir} (pass --force to replace it)")
-        shutil.rmtree(out_dir)
+    t0 = time.perf_counter()
     with Progress(console=console) as prog:
-        task = prog.add_task("synth", total=images + videos)
-        summary = build_world(out_dir, seed=seed, n_images=images, n_videos=videos,
+        task = prog.add_task("synth", total=world_units(images, videos))
+        summary = build_world(out_dir, seed=seed, n_images=images, n_videos=videos, force=force,
                               progress=lambda n=1: prog.advance(task, n))
+    summary = {**summary, "seconds": round(time.perf_counter() - t0, 2)} if isinstance(summary, dict) else summary
     console.print(f"[green]wrote[/] {out_dir}")
     out.print_json(json.dumps(summary, default=str))
 

@@ -1,0 +1,46 @@
+# instit-edge — two commands set up a fresh machine:
+#   make demo   build the tiny default model + synthetic Inst-IT world, export a bundle, ask it questions
+#   make test   run the test suite
+# Both create the virtual environment (.venv) first when it is missing.
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+CLI       := $(VENV)/bin/instit-edge
+# CPU build of torch (export / tests only; the device runtime never imports torch).
+TORCH_SPEC ?= torch==2.13.0
+OUT       ?= out
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	@echo "installing instit-edge[dev] (the first llama-cpp-python install compiles llama.cpp: ~15 min on 2 cores)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(CLI) doctor
+	$(CLI) tiny --out $(OUT)/tiny --force
+	$(CLI) synth --out $(OUT)/world --images 24 --videos 6 --force
+	$(CLI) export $(OUT)/tiny --out $(OUT)/bundle --llm-types f16,f32 --force
+	$(CLI) ask $(OUT)/bundle --list
+	$(CLI) ask $(OUT)/bundle --image $(OUT)/world/bench/images_vpt/001.jpg -q "What is the colour of [1]?" --json --max-new-tokens 24
+	$(CLI) ask $(OUT)/bundle --video $(OUT)/world/bench/videos_vpt/001 -q "What changed for [1] between <1> and <2>?" --json --max-new-tokens 24
+
+test: setup
+	$(PY) -m pytest -q --junitxml=$(OUT)/junit.xml
+
+bench: setup
+	$(PY) benchmarks/bench_runtime.py --out $(OUT)/bench
+
+lint: setup
+	$(PY) -m ruff check instit_edge tests benchmarks
+
+clean:
+	rm -rf $(OUT) .pytest_cache
