@@ -154,6 +154,48 @@ def _print_bundle(b) -> None:
     out.print(t)
 
 
+# --------------------------------------------------------------------------- quantize
+@app.command()
+def quantize(
+    bundle: Path = typer.Argument(..., help="Bundle directory (from `instit-edge export`)."),
+    llm: str = typer.Option("", "--llm", help="Comma list of GGUF types, e.g. q8_0,q6_k,q5_k_m,q4_k_m,iq4_xs."),
+    vision: str = typer.Option("", "--vision", help="Comma list of ONNX types: int8, int8s (static), int4, int4-hqq, fp16."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Inst-IT Bench dir for calibration (default: synthetic)."),
+    imatrix: str = typer.Option("auto", "--imatrix", help="Multimodal importance matrix: auto | on | off."),
+    model: Optional[str] = typer.Option(None, "--model", help="Source HF checkpoint (default: the bundle's source)."),
+    gptq: bool = typer.Option(False, "--gptq", help="Also run real GPTQ (gptqmodel) -> llm-gptq/ and llm.gptq.gguf."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads."),
+):
+    """Add quantized variants to a bundle (GGUF k-quants with a multimodal imatrix, ONNX int8/int4/fp16, GPTQ)."""
+    from rich.table import Table
+
+    from .quant.recipe import quantize_bundle
+
+    if imatrix not in ("auto", "on", "off"):
+        raise InstitError(f"--imatrix must be auto, on or off, got {imatrix!r}")
+    lt, vt = _split(llm), _split(vision)
+    prog, step = _steps(1 + len(lt) + len(vt) + int(imatrix != "off" and bool(lt)) + int(gptq), "quantize")
+    with prog:
+        rows = quantize_bundle(bundle, lt, vt, calib=calib, imatrix=imatrix, model=model, n_threads=threads,
+                               progress=step)
+        if gptq:
+            from .quant.gptq import gptq_bundle
+
+            rows += gptq_bundle(bundle, calib=calib, model=model, progress=step)
+    t = Table(title=f"new variants in {bundle} (fidelity on held-out multimodal prompts)")
+    for col in ("group", "variant", "size MB", "imatrix", "KLD", "top-1", "vision cos", "fallbacks"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["group"], r["variant"], f"{r['size_mb']:.2f}", str(r.get("imatrix", "")),
+                  f"{r['kld']:.5f}" if "kld" in r else "", f"{r['top1']:.3f}" if "top1" in r else "",
+                  f"{r['cosine']:.5f}" if "cosine" in r else "",
+                  str(r.get("fallbacks", "")))
+    out.print(t)
+    if any(r.get("fallbacks") for r in rows):
+        console.print("[yellow]warning:[/] some tensors fell back to another type (row size not a multiple of the "
+                      "block size); see bundle.json recipe.fallbacks")
+
+
 # --------------------------------------------------------------------------- ask
 @app.command()
 def ask(
