@@ -239,6 +239,23 @@ def ask(
         sys.stdout.write("\n")
 
 
+def _register_plugins() -> None:
+    """Commands of the pipeline stages live beside their code (``register(app)`` in each stage)."""
+    import importlib
+
+    for mod in ("instit_edge.marker.commands", "instit_edge.eval.commands"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:
+                continue
+            raise
+        m.register(app, console=console, out=out)
+
+
+_register_plugins()
+
+
 def main() -> None:
     debug = "--debug" in sys.argv
     try:

@@ -93,8 +93,13 @@ def _vocab(tokenizer) -> tuple[list[str], list[int], list[str], str]:
     return tokens, types, merges, "gpt2"
 
 
-def write_llm_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", name: str = "instit-edge", progress=None) -> dict:
-    """Write ``model``'s text LLM to ``out`` as GGUF in ``dtype`` (f16 or f32). Returns a summary."""
+def write_llm_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", name: str = "instit-edge", progress=None,
+                   overrides: dict | None = None) -> dict:
+    """Write ``model``'s text LLM to ``out`` as GGUF in ``dtype`` (f16 or f32). Returns a summary.
+
+    ``overrides`` maps an HF linear prefix (``model.layers.0.self_attn.q_proj``) to ``(raw block bytes,
+    GGML type name)``: already-quantized weights (GPTQ) written as they are.
+    """
     import gguf
     import torch
 
@@ -160,6 +165,16 @@ def write_llm_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", name: 
             if key not in sd:
                 continue
             arr = sd[key]
+            ov = (overrides or {}).get(key[: -len(".weight")]) if key.endswith(".weight") else None
+            if ov is not None:
+                raw, ty = ov
+                if arch == "llama" and suffix == "self_attn.q_proj.weight":
+                    raw = rotary_permute(raw, n_head)
+                elif arch == "llama" and suffix == "self_attn.k_proj.weight":
+                    raw = rotary_permute(raw, n_kv)
+                w.add_tensor(f"blk.{i}.{gsuffix}", np.ascontiguousarray(raw),
+                             raw_dtype=getattr(gguf.GGMLQuantizationType, ty))
+                continue
             if arch == "llama" and suffix == "self_attn.q_proj.weight":
                 arr = rotary_permute(arr, n_head)
             elif arch == "llama" and suffix == "self_attn.k_proj.weight":
