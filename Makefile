@@ -6,8 +6,8 @@
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 CLI       := $(VENV)/bin/instit-edge
-# CPU build of torch (export / tests only; the device runtime never imports torch).
-TORCH_SPEC ?= torch==2.13.0
+# torch for export / GPTQ / tests only (the device runtime never imports torch). 2.14.1 is what gptqmodel needs.
+TORCH_SPEC ?= torch==2.14.1
 OUT       ?= out
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export TOKENIZERS_PARALLELISM := false
@@ -29,6 +29,7 @@ demo: setup
 	$(CLI) tiny --out $(OUT)/tiny --force
 	$(CLI) synth --out $(OUT)/world --images 24 --videos 6 --force
 	$(CLI) export $(OUT)/tiny --out $(OUT)/bundle --llm-types f16,f32 --force
+	$(CLI) quantize $(OUT)/bundle --llm q8_0,q5_k_m,q4_k_m,iq4_xs --vision int8,int4,fp16 --gptq
 	$(CLI) ask $(OUT)/bundle --list
 	$(CLI) ask $(OUT)/bundle --image $(OUT)/world/bench/images_vpt/001.jpg -q "What is the colour of [1]?" --json --max-new-tokens 24
 	$(CLI) ask $(OUT)/bundle --video $(OUT)/world/bench/videos_vpt/001 -q "What changed for [1] between <1> and <2>?" --json --max-new-tokens 24

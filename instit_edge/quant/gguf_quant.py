@@ -41,6 +41,19 @@ NEEDS_IMATRIX = {"iq2_xxs", "iq2_xs", "iq1_s", "iq1_m", "iq2_s"}
 ALWAYS_FLOAT = ("norm.weight", "attn_q.bias", "attn_k.bias", "attn_v.bias")
 
 
+_SILENT = None
+
+
+def silence_llama_logs() -> None:
+    """Route llama.cpp's log lines (model loader dumps, quantize progress) to nowhere."""
+    global _SILENT
+    import llama_cpp
+
+    if _SILENT is None:
+        _SILENT = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        llama_cpp.llama_log_set(_SILENT, None)
+
+
 def check_qtypes(names: list[str]) -> None:
     bad = [n for n in names if n not in QTYPES]
     if bad:
@@ -53,6 +66,7 @@ def quantize_gguf(src: str | Path, dst: str | Path, qtype: str, imatrix: dict[st
     import llama_cpp
 
     check_qtypes([qtype])
+    silence_llama_logs()
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = n_threads
     params.ftype = getattr(llama_cpp, QTYPES[qtype][0])
