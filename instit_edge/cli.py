@@ -303,7 +303,9 @@ def main() -> None:
     except InstitError as e:
         if debug:
             raise
-        console.print(f"[red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted")

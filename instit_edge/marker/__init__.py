@@ -1,0 +1,36 @@
+"""The on-device marker: detect -> track (persistent IDs) -> draw Set-of-Marks, live or over a video.
+
+Modules, one concern each: ``detectors`` (interface, motion / static /
+manual, factory), ``onnx_yolo`` (YOLO ONNX), ``mediapipe_tasks`` (face /
+person / tflite, optional), ``models`` (mediapipe model cache), ``tracker``
+(ByteTrack-style IDs), ``instances`` (per-frame output, question checks),
+``render`` (drawing), ``pipeline`` (one frame through all stages),
+``sources`` (camera / file / folder / iterator), ``live`` (LiveMarker),
+``synthvideo`` (unmarked synthetic clips + metrics), ``commands`` (CLI).
+
+The names below are imported lazily so ``import instit_edge.marker`` stays cheap.
+"""
+
+_EXPORTS = {
+    "Detection": "detectors", "Detector": "detectors", "MotionDetector": "detectors",
+    "StaticDetector": "detectors", "ManualDetector": "detectors", "make_detector": "detectors",
+    "OnnxYoloDetector": "onnx_yolo",
+    "ByteTracker": "tracker",
+    "Instance": "instances", "visible_ids": "instances", "check_question": "instances",
+    "Marker": "pipeline", "MarkedFrame": "pipeline",
+    "LiveMarker": "live", "Keyframe": "live",
+    "open_source": "sources",
+    "Mark": "render", "draw_marks": "render",
+}
+
+
+def __getattr__(name):
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(name)
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+
+
+__all__ = sorted(_EXPORTS)
