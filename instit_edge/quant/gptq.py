@@ -109,9 +109,14 @@ def run_gptq(calib_llm_dir: Path, rows: list[dict], out_dir: Path, group_size: i
     except ImportError as e:
         raise InstitError(f"GPTQ needs gptqmodel (pip install 'instit-edge[gptq]'): {str(e).splitlines()[0]}") from None
     qcfg = QuantizeConfig(bits=4, group_size=group_size, sym=sym, desc_act=False)
-    model = GPTQModel.load(str(calib_llm_dir), qcfg, device="cpu")
-    model.quantize(rows, batch_size=1)
-    model.save(str(out_dir))
+    cwd = os.getcwd()
+    os.chdir(calib_llm_dir.parent)  # gptqmodel writes logs/ into the working directory: keep them in the work dir
+    try:
+        model = GPTQModel.load(str(calib_llm_dir), qcfg, device="cpu")
+        model.quantize(rows, batch_size=1)
+        model.save(str(out_dir))
+    finally:
+        os.chdir(cwd)
 
 
 def trim_gptq_checkpoint(out_dir: Path, vocab: int) -> None:

@@ -123,6 +123,14 @@ class LlamaCppLLM:
         self._lc.llama_memory_clear(self._lc.llama_get_memory(self.ctx), True)
         self._kv = []
 
+    def truncate(self, n: int) -> None:
+        """Drop KV entries from position ``n`` on (the next prompt then decodes from there)."""
+        self._truncate(min(n, len(self._kv)))
+
+    @property
+    def n_cached(self) -> int:
+        return len(self._kv)
+
     def _truncate(self, n: int) -> None:
         if n < len(self._kv):
             ok = self._lc.llama_memory_seq_rm(self._lc.llama_get_memory(self.ctx), 0, n, -1)

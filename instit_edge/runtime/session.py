@@ -43,6 +43,15 @@ def build_user_prompt(question: str, template: str, media: str | None, image_tok
     return render_chat(template, [("user", content)], add_generation_prompt=True)
 
 
+def _user_part(question: str) -> str:
+    """The question without the official pre-prompts, whose examples ("[8]", "<7>-<8>") are not references."""
+    from .. import prompting as P
+
+    for pre in (P.IMAGE_MC_PRE_PROMPT, P.IMAGE_OE_PRE_PROMPT, P.VIDEO_MC_PRE_PROMPT, P.VIDEO_OE_PRE_PROMPT):
+        question = question.replace(pre, "")
+    return question
+
+
 class EdgeSession:
     def __init__(self, bundle: Bundle, llm: LlamaCppLLM, vision, llm_variant: str, vision_variant: str):
         self.bundle = bundle
@@ -172,7 +181,7 @@ class EdgeSession:
             rows, key = self.image_embeddings(image)
         elif video is not None:
             rows, key, n_frames = self.video_embeddings(video)
-        validate_references(question, valid_ids=valid_ids, n_frames=n_frames)
+        validate_references(_user_part(question), valid_ids=valid_ids, n_frames=n_frames)
         vision_s = time.perf_counter() - t0
         return self.segments(question, rows, key), {"vision_ms": round(vision_s * 1000, 3),
                                                      "image_rows": 0 if rows is None else len(rows),
