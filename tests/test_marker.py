@@ -517,3 +517,45 @@ def test_mark_video_from_a_live_stream(tmp_path):
     cap = cv2.VideoCapture(str(tmp_path / "cam.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 15
     cap.release()
+
+
+# --------------------------------------------------------------------------- mediapipe, for real (CI installs it)
+
+
+@pytest.fixture(scope="module")
+def mediapipe_models(tmp_path_factory):
+    pytest.importorskip("mediapipe", reason="mediapipe comes with the [demo] extra")
+    from instit_edge.marker.models import cached_models, fetch_models
+
+    have = cached_models()
+    if all(have.values()):
+        return have
+    # the package registry is reachable in CI: the models come from the mediapipe 0.10.21 wheel
+    return fetch_models(tmp_path_factory.mktemp("mpcache"))
+
+
+@pytest.mark.parametrize("kind", ["face", "person"])
+def test_mediapipe_tasks_run_on_frames(mediapipe_models, kind):
+    from instit_edge.marker.mediapipe_tasks import make_mediapipe_detector
+
+    det = make_mediapipe_detector(kind, mediapipe_models[kind])
+    try:
+        rng = np.random.default_rng(0)
+        frame = np.full((480, 640, 3), 40, np.uint8)
+        frame[100:300, 200:400] = rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)
+        out = det.detect(frame)
+        assert isinstance(out, list)
+        for d in out:
+            x0, y0, x1, y1 = d.box
+            assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 480 and 0 <= d.score <= 1
+    finally:
+        det.close()
+
+
+def test_corrupt_tflite_is_one_line(tmp_path):
+    pytest.importorskip("mediapipe", reason="mediapipe comes with the [demo] extra")
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"TFL3" + b"\x00" * 64)
+    with pytest.raises(InstitError) as e:
+        make_detector(f"tflite:{bad}")
+    assert "\n" not in str(e.value) and "bad.tflite" in str(e.value)
