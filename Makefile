@@ -12,7 +12,7 @@ OUT       ?= out
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint clean train-default
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,10 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_runtime.py --out $(OUT)/bench
+
+# Reproduce the embedded default model (models/default): world at 128 px, vision pretraining, VLM training.
+train-default: setup
+	$(PY) -m instit_edge.train.default_model --out models/default
 
 lint: setup
 	$(PY) -m ruff check instit_edge tests benchmarks

@@ -76,18 +76,21 @@ def doctor():
 @app.command()
 def tiny(
     out_dir: Path = typer.Option(..., "--out", help="Directory to write the checkpoint to."),
-    arch: str = typer.Option("llava-next", help="llava | llava-next"),
-    llm: str = typer.Option("llama", help="llama | qwen2"),
-    vision: str = typer.Option("clip", help="clip | siglip"),
+    preset: str = typer.Option("tiny", "--preset",
+                               help="tiny (test model) | edge (Qwen2-0.5B-sized LLM + ViT-B/16-224 SigLIP, benchmarks)"),
+    arch: Optional[str] = typer.Option(None, help="llava | llava-next (default: the preset's)"),
+    llm: Optional[str] = typer.Option(None, help="llama | qwen2 (default: the preset's)"),
+    vision: Optional[str] = typer.Option(None, help="clip | siglip (default: the preset's)"),
     seed: int = typer.Option(0, help="Weight seed."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
 ):
     """Build a tiny LLaVA / LLaVA-Next checkpoint offline (random weights, real tokenizer and processor)."""
-    from .models.tiny import TinySpec, build_tiny
+    from .models.tiny import build_tiny, preset_spec
 
-    spec = TinySpec(arch=arch, llm=llm, vision=vision, seed=seed)
-    spec.validate()
-    with console.status(f"building tiny {arch} ({llm} + {vision})"):
+    overrides = {k: v for k, v in (("arch", arch), ("llm", llm), ("vision", vision)) if v is not None}
+    spec = preset_spec(preset, seed=seed, **overrides)  # validates
+    arch, llm, vision = spec.arch, spec.llm, spec.vision
+    with console.status(f"building {preset} {arch} ({llm} + {vision})"):
         p = build_tiny(out_dir, spec, force=force)
     size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
     console.print(f"[green]wrote[/] {p} ({size / 1e6:.1f} MB)")
@@ -100,6 +103,7 @@ def synth(
     seed: int = typer.Option(0, help="World seed (same seed, same world)."),
     images: int = typer.Option(40, "--images", help="Number of still scenes."),
     videos: int = typer.Option(10, "--videos", help="Number of short videos."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="W,H for every scene (default: varied)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
 ):
     """Build a synthetic Inst-IT world: marked scenes and videos, a bench (JSON + parquet) and a training set."""
@@ -112,7 +116,13 @@ def synth(
     t0 = time.perf_counter()
     with Progress(console=console) as prog:
         task = prog.add_task("synth", total=world_units(images, videos))
-        summary = build_world(out_dir, seed=seed, n_images=images, n_videos=videos, force=force,
+        size = None
+        if image_size:
+            try:
+                size = tuple(int(v) for v in image_size.split(","))
+            except ValueError:
+                raise InstitError(f"--image-size must be W,H (e.g. 128,128), got {image_size!r}") from None
+        summary = build_world(out_dir, seed=seed, n_images=images, n_videos=videos, force=force, image_size=size,
                               progress=lambda n=1: prog.advance(task, n))
     summary = {**summary, "seconds": round(time.perf_counter() - t0, 2)} if isinstance(summary, dict) else summary
     console.print(f"[green]wrote[/] {out_dir}")
@@ -279,7 +289,8 @@ def _register_plugins() -> None:
     """Commands of the pipeline stages live beside their code (``register(app)`` in each stage)."""
     import importlib
 
-    for mod in ("instit_edge.marker.commands", "instit_edge.eval.commands"):
+    for mod in ("instit_edge.marker.commands", "instit_edge.eval.commands", "instit_edge.demo.commands",
+                "instit_edge.bench_commands"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -36,7 +36,9 @@ def encode_text(sample, tokenizer, template: str) -> Encoded:
     text = render_chat(template, turns, add_generation_prompt=False)
     end = stop_strings(template)[0]
     spans, cursor = [], 0
-    for _, a in sample.turns:
+    for k, (_, a) in enumerate(sample.turns):
+        # the answer starts where the generation prompt of its turn ends (never inside the system or user text)
+        cursor = max(cursor, len(render_chat(template, turns[: 2 * k + 1], add_generation_prompt=True)))
         i = text.find(a, cursor)
         if i < 0:
             raise InstitError(f"could not locate an answer in the rendered chat ({template})")
