@@ -68,8 +68,8 @@ class Bundle:
 
     def verify(self, names: list[str] | None = None) -> None:
         """Check size and sha256 of every listed file (or only ``names``)."""
-        for group, entries in self.manifest["files"].items():
-            for name, entry in entries.items():
+        for entries in self.manifest["files"].values():
+            for entry in entries.values():
                 if names is not None and entry["path"] not in names:
                     continue
                 self._verify_entry(entry)

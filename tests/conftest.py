@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-COMBOS = [f"{a}-{l}-{v}" for a, l, v in itertools.product(("llava-next", "llava"), ("llama", "qwen2"), ("clip", "siglip"))]
+COMBOS = [f"{a}-{m}-{v}" for a, m, v in itertools.product(("llava-next", "llava"), ("llama", "qwen2"), ("clip", "siglip"))]
 
 
 def _spec(combo: str):

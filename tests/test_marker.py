@@ -373,7 +373,7 @@ def test_live_slow_consumer_drops_stale_frames_bounded_memory():
     live.marker.tracker.reset()
     tracemalloc.start()
     try:
-        for mf in live:
+        for _mf in live:
             time.sleep(0.02)  # a consumer ~10x slower than the camera
         _, peak = tracemalloc.get_traced_memory()
     finally:

@@ -10,9 +10,8 @@ Tolerances:
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import COMBOS
+from PIL import Image
 
 QUESTIONS = ["What is [1] holding?", "Describe [2] [3] at <1>.", "Which object is left of [4]?"]
 

@@ -11,7 +11,6 @@ import pytest
 from instit_edge import prompting as P
 from instit_edge.errors import InstitError
 
-
 # --------------------------------------------------------------------------
 # Independent re-implementation of the official rule, transcribed from
 # inst-it/inst-it inst-it-bench/evaluate.py (extract_characters_regex). The

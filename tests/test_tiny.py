@@ -2,9 +2,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import COMBOS
 from PIL import Image
 
-from conftest import COMBOS
 from instit_edge.errors import InstitError
 
 

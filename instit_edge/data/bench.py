@@ -186,9 +186,9 @@ def _load_json_file(root: Path, path: Path, split: str, fmt: str) -> list[BenchI
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise InstitError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix or regenerate it")
+        raise InstitError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix or regenerate it") from None
     except UnicodeDecodeError:
-        raise InstitError(f"{path}: not UTF-8 text; fix or regenerate it")
+        raise InstitError(f"{path}: not UTF-8 text; fix or regenerate it") from None
     if not isinstance(data, list):
         raise InstitError(f"{path}: expected a JSON list of questions, got {type(data).__name__}")
     chk = _Checker(root, path, split, fmt)
@@ -250,7 +250,7 @@ def _load_parquet_file(root: Path, path: Path, split: str, fmt: str, chk: _Check
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises several types for corrupt files
-        raise InstitError(f"{path}: cannot read parquet ({type(e).__name__}: {e}); re-download or regenerate it")
+        raise InstitError(f"{path}: cannot read parquet ({type(e).__name__}: {e}); re-download or regenerate it") from None
     chk.source = path
     decoded = None
     items = []

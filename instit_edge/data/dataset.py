@@ -199,9 +199,9 @@ def load_instit_dataset(path, media_root=None, check_media: bool = True) -> list
         except json.JSONDecodeError as e:
             raise InstitError(
                 f"{file}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix or regenerate it"
-            )
+            ) from None
         except UnicodeDecodeError:
-            raise InstitError(f"{file}: not UTF-8 text; fix or regenerate it")
+            raise InstitError(f"{file}: not UTF-8 text; fix or regenerate it") from None
         if not isinstance(data, list):
             raise InstitError(f"{file}: expected a JSON list of records, got {type(data).__name__}")
         ctx = _Ctx(file, Path(media_root).resolve() if media_root else file.parent.resolve(), check_media)

@@ -52,8 +52,14 @@ def register(app: typer.Typer, console, out) -> None:
         no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of the bundle files."),
     ):
         """Answer every Inst-IT Bench question with the official prompts (greedy); resumable."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         from .runner import run_eval
         from .scoring import score_items, summarize

@@ -33,4 +33,4 @@ def __getattr__(name):
     return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(sorted(_EXPORTS))  # noqa: PLE0605 (built from the lazy export table)

@@ -34,7 +34,7 @@ def import_mediapipe(what: str):
     except ImportError:
         raise InstitError(f"the {what} detector needs mediapipe, which is not installed: run `{_INSTALL}` "
                           "(the demo extra), then `instit-edge models` to fetch the face / person models "
-                          "(or use --detector motion)")
+                          "(or use --detector motion)") from None
     return mp, mp_python, vision
 
 
@@ -71,7 +71,7 @@ class _TaskDetector(Detector):
         except Exception as e:  # mediapipe raises RuntimeError / ValueError with long texts
             first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise InstitError(f"cannot load {self.path} as a mediapipe {self.what} model: {first} "
-                              "(is it a complete .tflite file of the right kind?)")
+                              "(is it a complete .tflite file of the right kind?)") from None
 
     def close(self) -> None:
         if self.task is not None:

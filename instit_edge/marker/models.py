@@ -76,7 +76,7 @@ def extract_models(wheel, cache: Path | None = None) -> dict[str, Path]:
     try:
         zf = zipfile.ZipFile(wheel)
     except (OSError, zipfile.BadZipFile) as e:
-        raise InstitError(f"cannot read wheel {wheel}: {e} (give a mediapipe .whl file)")
+        raise InstitError(f"cannot read wheel {wheel}: {e} (give a mediapipe .whl file)") from None
     found: dict[str, Path] = {}
     manifest = []
     with zf:

@@ -98,7 +98,7 @@ class OnnxYoloDetector(Detector):
         except Exception as e:  # onnxruntime raises its own exception types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InstitError(f"cannot load ONNX model {self.path}: {first[:200]} "
-                              "(is it a valid, complete .onnx file?)")
+                              "(is it a valid, complete .onnx file?)") from None
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
         meta = self.session.get_modelmeta().custom_metadata_map or {}
         self.meta = meta

@@ -22,8 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..bundle import Bundle
 from ..errors import InstitError
 

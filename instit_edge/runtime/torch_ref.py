@@ -131,7 +131,7 @@ class TorchSession:
         cur = embeds
         ttft = None
         with torch.no_grad():
-            for i in range(max_new_tokens):
+            for _ in range(max_new_tokens):
                 o = self.model(inputs_embeds=cur, past_key_values=past, use_cache=True)
                 past = o.past_key_values
                 nxt = int(o.logits[0, -1].argmax())
