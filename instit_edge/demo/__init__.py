@@ -1,0 +1,23 @@
+"""The real-time webcam instance Q&A demo: ``instit-edge demo BUNDLE``.
+
+``engine`` is the processing path (frames in -> marked frames + instances;
+questions -> streamed answers from cached work; latency stats) and needs no
+Gradio; ``app`` builds the Gradio UI on it and launches it safely;
+``commands`` adds the CLI command. Names are imported lazily so the CLI
+stays quick to start.
+"""
+
+_EXPORTS = {"DemoEngine": "engine", "LiveView": "engine", "prepare_frame": "engine",
+            "build_app": "app", "launch": "app"}
+
+
+def __getattr__(name):
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(name)
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+
+
+__all__ = ["DemoEngine", "LiveView", "build_app", "launch", "prepare_frame"]
