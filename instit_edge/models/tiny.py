@@ -55,6 +55,9 @@ class TinySpec:
     num_kv_heads: int = 2
     vocab_size: int = 1024
     max_position_embeddings: int = 4096
+    # extra deterministic pseudo-words in the tokenizer corpus (0 = the base corpus); lets the BPE
+    # trainer reach a few thousand tokens for the larger presets
+    corpus_words: int = 0
     # vision tower
     image_size: int = 32
     patch_size: int = 8
@@ -76,6 +79,41 @@ class TinySpec:
             raise InstitError("vision intermediate size must differ from hidden size (llama.cpp un-swaps the MLP by shape)")
 
 
+PRESETS = ("tiny", "edge")
+
+
+def preset_spec(name: str = "tiny", **overrides) -> TinySpec:
+    """The model shape of a named preset; ``overrides`` replace single fields (arch, llm, vision, seed...).
+
+    - ``tiny`` (default): the small test model (Llama 256 x 2 layers, CLIP 64 x 3 layers).
+    - ``edge``: shaped like a real small edge VLM, for benchmarks: a Qwen2-0.5B-sized LLM (hidden 896,
+      24 layers, 14 heads / 2 KV heads, intermediate 4864) with a ViT-B/16-224-sized SigLIP tower
+      (hidden 768, 12 layers, 12 heads, intermediate 3072), LLaVA-Next AnyRes pinpoints at multiples of
+      224, and a BPE vocabulary of a few thousand tokens (the embedding has exactly the tokenizer's rows;
+      a real Qwen2 has 151,936, so our output matrix is much smaller). Note 896 is not a multiple of 256:
+      as for the real Qwen2-0.5B, llama.cpp's k-quants fall back to other types for the 896-wide rows.
+    """
+    if name == "tiny":
+        spec = TinySpec()
+    elif name == "edge":
+        spec = TinySpec(
+            arch="llava-next", llm="qwen2", vision="siglip",
+            hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14, num_kv_heads=2,
+            vocab_size=4096, corpus_words=6000, max_position_embeddings=4096,
+            image_size=224, patch_size=16, vision_hidden=768, vision_intermediate=3072, vision_layers=12,
+            vision_heads=12, feature_layer=-2,
+            pinpoints=[[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]],
+        )
+    else:
+        raise InstitError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    for k, v in overrides.items():
+        if not hasattr(spec, k):
+            raise InstitError(f"unknown TinySpec field {k!r}")
+        setattr(spec, k, v)
+    spec.validate()
+    return spec
+
+
 # Special tokens of each chat family. <image> is always a special (CONTROL) token.
 def _special_tokens(llm: str) -> list[str]:
     if llm == "qwen2":
@@ -83,8 +121,12 @@ def _special_tokens(llm: str) -> list[str]:
     return ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<video>"]
 
 
-def _corpus() -> list[str]:
-    """Offline training text for the tokenizer: Inst-IT style prompts and captions."""
+def _corpus(extra_words: int = 0) -> list[str]:
+    """Offline training text for the tokenizer: Inst-IT style prompts and captions.
+
+    ``extra_words`` appends that many deterministic pseudo-words (syllable strings), so the BPE
+    trainer has enough distinct material to reach a vocabulary of a few thousand tokens.
+    """
     colours = "red green blue yellow purple orange white black cyan pink brown grey".split()
     shapes = "circle square triangle star ring cross object instance person cup".split()
     words = []
@@ -105,7 +147,19 @@ def _corpus() -> list[str]:
     ]
     lines += [" ".join(words[i:i + 8]) for i in range(0, len(words), 8)]
     lines += [f"[{i}] is a {c} {s}." for i, (c, s) in enumerate(zip(colours * 3, shapes * 4), 1)]
-    return lines * 4
+    lines = lines * 4
+    if extra_words > 0:
+        import random
+
+        rng = random.Random(1234)
+        onsets = "b c d f g h j k l m n p r s t v w y z bl br ch cl cr dr fl fr gl gr pl pr sc sh sk sl sp st str th tr wh".split()
+        vowels = "a e i o u ai au ea ee ie oa oo ou".split()
+        codas = ["", "", "n", "r", "s", "t", "l", "m", "nd", "ng", "nt", "rk", "st", "ck"]
+        pseudo = ["".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(rng.randint(1, 3)))
+                  for _ in range(extra_words)]
+        lines += [" ".join(pseudo[i:i + 12]) for i in range(0, len(pseudo), 12)]
+        lines += [f"<{t}> [{i}]" for t in range(1, 33) for i in range(1, 21)]
+    return lines
 
 
 def build_tokenizer(spec: TinySpec, out_dir: Path):
@@ -123,7 +177,7 @@ def build_tokenizer(spec: TinySpec, out_dir: Path):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus(spec.corpus_words), trainer=trainer)
     if spec.llm == "llama":
         bos = tok.token_to_id("<s>")
         tok.post_processor = processors.TemplateProcessing(
