@@ -34,15 +34,18 @@ def bench_prompt(item) -> str:
     return build_oe_prompt(item.question, split=item.split)
 
 
-def load_calibration(calib: str | Path | None, n: int = 32, seed: int = 1234, holdout: float = 0.25
-                     ) -> tuple[list[CalibPrompt], list[CalibPrompt]]:
-    """``(calibration, held_out)`` prompts, at most ``n`` in all, from a bench dir or the synthetic world."""
+def load_calibration(calib: str | Path | None, n: int = 32, seed: int = 1234, holdout: float = 0.25,
+                     workdir: str | Path | None = None) -> tuple[list[CalibPrompt], list[CalibPrompt]]:
+    """``(calibration, held_out)`` prompts, at most ``n`` in all, from a bench dir or the synthetic world.
+
+    The synthetic world is built under ``workdir`` (the caller removes it) or a new temporary folder.
+    """
     from ..data.bench import load_bench
 
     if calib is None:
         from ..data.synth import build_world
 
-        root = Path(tempfile.mkdtemp(prefix="instit-calib-")) / "world"
+        root = Path(workdir or tempfile.mkdtemp(prefix="instit-calib-")) / "world"
         build_world(root, seed=seed, n_images=12, n_videos=4, n_train_images=1, n_train_videos=1)
         calib = root / "bench"
     p = Path(calib)

@@ -165,12 +165,9 @@ def gptq_layers(ckpt: Path) -> tuple[dict[str, dict], dict]:
 def gptq_bundle(bundle_dir, calib=None, model: str | None = None, n_calib: int = 16, group_size: int = 32,
                 sym: bool = False, progress=None) -> list[dict]:
     """Run GPTQ for a bundle: write ``llm-gptq/`` and ``llm.gptq.gguf``; return the table row."""
-    from ..atomic import write_json
     from ..export.gguf_llm import write_llm_gguf
-    from ..runtime.session import EdgeSession
     from ..runtime.torch_ref import TorchSession
     from .calib import load_calibration
-    from .fidelity import llm_fidelity, reference_logits
     from .gptq_gguf import gptq_to_blocks
 
     step = progress or (lambda name: None)
@@ -180,10 +177,10 @@ def gptq_bundle(bundle_dir, calib=None, model: str | None = None, n_calib: int =
         raise InstitError(f"source checkpoint {src!r} not found: pass --model PATH for GPTQ")
     ts = TorchSession.load(src)
     _check_memory(sum(p.numel() for p in ts.model.parameters()))
-    cal, held = load_calibration(calib, n=n_calib)
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=".gptq-", dir=b.root))
     try:
+        cal, held = load_calibration(calib, n=n_calib, workdir=work)
         rows, vocab = build_calibration_llm(ts, cal, work / "calib-llm")
         run_gptq(work / "calib-llm", rows, work / "llm-gptq", group_size=group_size, sym=sym)
         trim_gptq_checkpoint(work / "llm-gptq", vocab)
@@ -197,8 +194,21 @@ def gptq_bundle(bundle_dir, calib=None, model: str | None = None, n_calib: int =
             shutil.rmtree(b.root / "llm-gptq")
         os.replace(work / "llm-gptq", b.root / "llm-gptq")
         os.replace(work / "llm.gptq.gguf", b.root / "llm.gptq.gguf")
+        fid = _record_gptq(b, held, group_size, sym)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    step("gptq")
+    return [{"group": "llm", "variant": "gptq", "size_mb": (b.root / "llm.gptq.gguf").stat().st_size / 1e6,
+             "imatrix": False, "kld": fid["kld_mean"], "top1": fid["top1"], "fallbacks": 0,
+             "seconds": time.perf_counter() - t0}]
+
+
+def _record_gptq(b: Bundle, held, group_size: int, sym: bool) -> dict:
+    """Add the GPTQ files to the manifest with their fidelity on the held-out prompts; save it."""
+    from ..atomic import write_json
+    from ..runtime.session import EdgeSession
+    from .fidelity import llm_fidelity, reference_logits
+
     b.add_file("llm", "gptq", "llm.gptq.gguf", recipe={"type": "gptq", "bits": 4, "group_size": group_size,
                                                         "sym": sym, "desc_act": False, "tool": "gptqmodel",
                                                         "gguf_blocks": "Q4_0" if sym else "Q4_1",
@@ -213,7 +223,4 @@ def gptq_bundle(bundle_dir, calib=None, model: str | None = None, n_calib: int =
     fid = llm_fidelity(ref, EdgeSession.load(b, llm="gptq", verify=False), held)
     b.manifest["files"]["llm"]["gptq"]["fidelity"] = fid
     write_json(b.root / "bundle.json", b.manifest)
-    step("gptq")
-    return [{"group": "llm", "variant": "gptq", "size_mb": (b.root / "llm.gptq.gguf").stat().st_size / 1e6,
-             "imatrix": False, "kld": fid["kld_mean"], "top1": fid["top1"], "fallbacks": 0,
-             "seconds": time.perf_counter() - t0}]
+    return fid

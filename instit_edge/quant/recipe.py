@@ -54,12 +54,6 @@ def quantize_bundle(
     progress=None,
 ) -> list[dict]:
     """Quantize and return one table row per new variant."""
-    from ..atomic import write_json
-    from ..runtime.anyres import Preprocess
-    from ..runtime.session import EdgeSession
-    from ..runtime.vision_onnx import OnnxVision
-    from .calib import load_calibration
-    from .fidelity import llm_fidelity, reference_logits, vision_fidelity
 
     llm_types, vision_types = list(llm_types), list(vision_types)
     check_qtypes(llm_types)
@@ -68,8 +62,22 @@ def quantize_bundle(
         raise InstitError("nothing to do: give --llm TYPES and/or --vision TYPES")
     step = progress or (lambda name: None)
     b = Bundle.load(bundle_dir, verify=True)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="instit-calib-") as work:
+        return _quantize(b, llm_types, vision_types, calib, imatrix, model, n_threads, n_calib, step, work)
+
+
+def _quantize(b, llm_types, vision_types, calib, imatrix, model, n_threads, n_calib, step, work) -> list[dict]:
+    from ..atomic import write_json
+    from ..runtime.anyres import Preprocess
+    from ..runtime.session import EdgeSession
+    from ..runtime.vision_onnx import OnnxVision
+    from .calib import load_calibration
+    from .fidelity import llm_fidelity, reference_logits, vision_fidelity
+
     root = b.root
-    cal, held = load_calibration(calib, n=n_calib)
+    cal, held = load_calibration(calib, n=n_calib, workdir=work)
     step("calibration prompts")
     rows: list[dict] = []
 

@@ -1,0 +1,105 @@
+"""The reduced benchmark (tiny preset, one repetition) runs end to end and writes sane reports.
+
+No timing assertions: the machine is shared. Only that every number that must exist exists and is
+positive and finite, and that the JSON, Markdown and PNG files are written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pos(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "quick"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_runtime.py"), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-2000:]
+    return out, json.loads((out / "results.json").read_text()), p.stdout
+
+
+@pytest.mark.timeout(600)
+def test_quick_bench_writes_reports(quick_run):
+    out, res, stdout = quick_run
+    for f in ("results.json", "report.md", "time_to_answer.png", "roofline.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert (out / "time_to_answer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    for section in ("## Time to answer", "## Roofline", "## Vision", "## Targets", "## Where the time goes"):
+        assert section in md
+    assert "## Time to answer" in stdout
+    assert res["errors"] == []
+    assert res["preset"] == "tiny" and res["build"]["bundle"]
+
+
+@pytest.mark.timeout(600)
+def test_quick_bench_numbers_are_positive_and_finite(quick_run):
+    _, res, _ = quick_run
+    runs = res["runs"]
+    kinds = {(r["kind"], r["llm"], r["vision"]) for r in runs}
+    assert ("bundle", "f16", "fp32") in kinds and ("bundle", "q4_k_m", "int8") in kinds
+    assert {r["attn"] for r in runs if r["kind"] == "transformers"} == {"eager", "sdpa"}
+    for r in runs:
+        assert len(r["reps"]) == 1
+        for k in ("vision_s", "prefill_s", "decode_s", "ttft_s", "total_s", "prefill_tok_s", "decode_tok_s"):
+            assert _pos(r["stats"][k]["median"]), (r["llm"], k)
+        if r["kind"] == "bundle":
+            assert r["reps"][0]["prompt_tokens"] > r["reps"][0]["image_rows"] > 0
+            assert r["reps"][0]["reused"] == 0  # cold answers
+            fs = r["followup_stats"]  # follow-up questions reuse the image rows and the prompt prefix
+            assert fs["reused"]["median"] > r["reps"][0]["image_rows"] and _pos(fs["total_s"]["median"])
+        assert _pos(r["rss"]["peak_mb"])
+        assert _pos(r["speedup_vs_baseline"]) and _pos(r["rss_ratio_vs_baseline"])
+    # the same prompt for both backends: the same number of prompt positions
+    n_prompt = {r["stats"]["prompt_tokens"]["median"] for r in runs}
+    assert len(n_prompt) == 1, n_prompt
+    bw = res["roofline"]
+    assert _pos(bw["bandwidth_gb_s"]) and _pos(bw["bandwidth_1thread_gb_s"])
+    for v, e in bw["variants"].items():
+        assert _pos(e["weights_bytes_per_token"]) and e["weights_bytes_per_token"] < e["file_bytes"], v
+        assert _pos(e["bound_tok_s"]) and _pos(e["fraction"]), v
+    vis = res["vision"]["onnx"]
+    assert _pos(vis["fp32"]["total_s"]["median"]) and _pos(vis["int8"]["total_s"]["median"])
+    assert 0.5 < vis["int8"]["cosine_vs_fp32"]["mean"] <= 1.0 + 1e-6
+    mt = res["vision"]["mtmd"]
+    assert mt.get("skipped") or _pos(mt["total_s"]["median"])
+    mk = res.get("marker") or {}
+    assert mk.get("skipped") or all(d.get("skipped") or _pos(d["fps"]) for d in mk["detectors"].values())
+    statuses = {t["status"] for t in res["target_results"]}
+    assert statuses <= {"PASS", "MISS", "N/A"} and res["target_results"]
+    assert res["targets_apply"] is False  # tiny preset: information only
+
+
+def test_preset_spec_edge_shapes():
+    from instit_edge.errors import InstitError
+    from instit_edge.models.tiny import TinySpec, preset_spec
+
+    assert preset_spec("tiny") == TinySpec()
+    e = preset_spec("edge")
+    assert (e.llm, e.hidden_size, e.num_layers, e.num_heads, e.num_kv_heads, e.intermediate_size) == \
+        ("qwen2", 896, 24, 14, 2, 4864)
+    assert (e.vision_hidden, e.vision_layers, e.vision_heads, e.vision_intermediate, e.image_size, e.patch_size) == \
+        (768, 12, 12, 3072, 224, 16)
+    assert all(x % 224 == 0 for p in e.pinpoints for x in p)
+    assert preset_spec("edge", llm="llama").llm == "llama"
+    with pytest.raises(InstitError):
+        preset_spec("huge")
+
+
+def test_edge_tokenizer_reaches_a_few_thousand_tokens():
+    from instit_edge.models.tiny import build_tokenizer, preset_spec
+
+    tok = build_tokenizer(preset_spec("edge"), None)
+    assert len(tok) >= 4000
