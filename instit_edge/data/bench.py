@@ -27,11 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
-from instit_edge.atomic import atomic_path, write_bytes, write_json
+from instit_edge.atomic import atomic_path, link_or_copy, write_bytes, write_json
 from instit_edge.data.records import FORMATS, OPTION_LETTERS, SPLITS, BenchItem, list_frames
 from instit_edge.errors import InstitError
 
@@ -334,14 +333,6 @@ def _group(items) -> dict[tuple[str, str], list[BenchItem]]:
     return groups
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _place_media(path: Path, root: Path, media_root: Path | None, kind: str) -> str:
@@ -361,10 +352,10 @@ def _place_media(path: Path, root: Path, media_root: Path | None, kind: str) -> 
         rel = Path("images_vpt" if kind == "image" else "videos_vpt") / path.name
     dst = root / rel
     if kind == "image":
-        _link_or_copy(path, dst)
+        link_or_copy(path, dst)
     else:
         for frame in list_frames(path):
-            _link_or_copy(frame, dst / frame.name)
+            link_or_copy(frame, dst / frame.name)
     return rel.as_posix()
 
 

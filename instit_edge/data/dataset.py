@@ -19,11 +19,9 @@ naming the file and record.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
-from instit_edge.atomic import write_json
+from instit_edge.atomic import link_or_copy, write_json
 from instit_edge.data.records import FrameCaption, ImageRecord, VideoRecord
 from instit_edge.errors import InstitError
 
@@ -217,14 +215,6 @@ def load_instit_dataset(path, media_root=None, check_media: bool = True) -> list
     return out
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _rel(path: Path, root: Path, media_root: Path | None, default: str) -> tuple[Path, bool]:
@@ -258,7 +248,7 @@ def write_instit_dataset(records, root, media_root=None) -> list[Path]:
         if isinstance(rec, ImageRecord):
             rel, copy = _rel(rec.image_path, root, media_root, "images")
             if copy:
-                _link_or_copy(Path(rec.image_path), root / rel)
+                link_or_copy(Path(rec.image_path), root / rel)
             images.append({
                 "image_id": rec.image_id,
                 "image_path": rel.as_posix(),
@@ -269,7 +259,7 @@ def write_instit_dataset(records, root, media_root=None) -> list[Path]:
             rel, copy = _rel(rec.video_path, root, media_root, "videos")
             if copy:
                 for f in rec.frames:
-                    _link_or_copy(Path(rec.video_path) / f.frame_name, root / rel / f.frame_name)
+                    link_or_copy(Path(rec.video_path) / f.frame_name, root / rel / f.frame_name)
             videos.append({
                 "video_id": rec.video_id,
                 "video_path": rel.as_posix(),

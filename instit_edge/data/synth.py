@@ -652,6 +652,21 @@ def world_units(n_images: int = 40, n_videos: int = 10, n_train_images=None, n_t
             + (n_videos if n_train_videos is None else n_train_videos))
 
 
+def _write_video(tmp: Path, folder: Path, part: str, sid: str, s) -> tuple[list[Path], dict]:
+    """Render, mark and save every frame of a video scene (and its masks); return frame paths and ground truth."""
+    frames, fgt = [], []
+    for t in range(1, s.n_frames + 1):
+        img, lm, gts = _render(s, t)
+        name = f"frame_{t:03d}"
+        _save(folder / f"{name}.jpg", img, lm, tmp / "masks" / part / "videos" / sid / f"{name}.png")
+        frames.append(folder / f"{name}.jpg")
+        fgt.append({"timestamp": t, "frame_name": f"{name}.jpg",
+                    "mask_path": f"masks/{part}/videos/{sid}/{name}.png", "instances": gts})
+    gt = {"video_path": folder.relative_to(tmp).as_posix(), "width": s.width, "height": s.height,
+          "n_frames": s.n_frames, "background": s.background_name, "tracks": _inst_gt(s), "frames": fgt}
+    return frames, gt
+
+
 def build_world(out, seed: int = 0, n_images: int = 40, n_videos: int = 10, image_size=None,
                 progress=None, *, n_train_images: int | None = None, n_train_videos: int | None = None,
                 force: bool = False, return_records: bool = False):
@@ -710,17 +725,7 @@ def build_world(out, seed: int = 0, n_images: int = 40, n_videos: int = 10, imag
             sid = f"{k + 1:0{width}d}"
             s = _video_scene(rng, sid, image_size)
             folder = tmp / "bench" / "videos_vpt" / sid
-            frames, fgt = [], []
-            for t in range(1, s.n_frames + 1):
-                img, lm, gts = _render(s, t)
-                name = f"frame_{t:03d}"
-                _save(folder / f"{name}.jpg", img, lm, tmp / "masks" / "bench" / "videos" / sid / f"{name}.png")
-                frames.append(folder / f"{name}.jpg")
-                fgt.append({"timestamp": t, "frame_name": f"{name}.jpg",
-                            "mask_path": f"masks/bench/videos/{sid}/{name}.png", "instances": gts})
-            gt["bench"]["videos"][sid] = {
-                "video_path": folder.relative_to(tmp).as_posix(), "width": s.width, "height": s.height,
-                "n_frames": s.n_frames, "background": s.background_name, "tracks": _inst_gt(s), "frames": fgt}
+            frames, gt["bench"]["videos"][sid] = _write_video(tmp, folder, "bench", sid, s)
             video_qs.append((s, folder, frames, _video_questions(rng, s)))
             tick(1)
 
@@ -769,22 +774,14 @@ def build_world(out, seed: int = 0, n_images: int = 40, n_videos: int = 10, imag
             sid = f"{k + 1:0{width}d}"
             s = _video_scene(rng, sid, image_size)
             folder = tmp / "dataset" / "videos" / sid
-            fcaps, fgt = [], []
-            for t in range(1, s.n_frames + 1):
-                img, lm, gts = _render(s, t)
-                name = f"frame_{t:03d}"
-                _save(folder / f"{name}.jpg", img, lm, tmp / "masks" / "dataset" / "videos" / sid / f"{name}.png")
+            frames, gt["dataset"]["videos"][sid] = _write_video(tmp, folder, "dataset", sid, s)
+            fcaps = []
+            for t, f in enumerate(frames, 1):
                 inst_caps, caption = _image_captions(s, t, what="frame")
-                fcaps.append(FrameCaption(t, f"{name}.jpg", inst_caps, caption,
-                                          None if t == 1 else _temporal_change(s, t)))
-                fgt.append({"timestamp": t, "frame_name": f"{name}.jpg",
-                            "mask_path": f"masks/dataset/videos/{sid}/{name}.png", "instances": gts})
+                fcaps.append(FrameCaption(t, f.name, inst_caps, caption, None if t == 1 else _temporal_change(s, t)))
             qa = [(q.question, q.oe_answer) for q in _video_questions(rng, s)]
             n_qa += len(qa)
             records.append(VideoRecord(sid, folder, fcaps, qa, _video_caption(s)))
-            gt["dataset"]["videos"][sid] = {
-                "video_path": folder.relative_to(tmp).as_posix(), "width": s.width, "height": s.height,
-                "n_frames": s.n_frames, "background": s.background_name, "tracks": _inst_gt(s), "frames": fgt}
             tick(1)
         if records:
             write_instit_dataset(records, tmp / "dataset")
