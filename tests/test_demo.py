@@ -297,6 +297,8 @@ LAST_BOT = "() => { const b = document.querySelectorAll('#chat [data-testid=bot]
 
 N_BOT = "() => document.querySelectorAll('#chat [data-testid=bot]').length"
 
+SRC_CHANGED = "(old) => { const i = document.querySelector('#marked img'); return i && i.getAttribute('src') !== old; }"
+
 WATCH_BOT = """() => {
   window.__botTexts = [];
   new MutationObserver(() => {
@@ -383,16 +385,19 @@ def test_browser_end_to_end(bundle, tmp_path):
                 assert eng.last_answered.question == "What is [1] doing?", eng.last.reply
                 page.wait_for_function("() => window.__botTexts.length && window.__botTexts.at(-1) !== '…'",
                                        timeout=10000)
-                time.sleep(0.5)  # the last chunks reach the page
+                # the last chunk reaches the page: its text (whitespace aside) is the engine's final reply
+                page.wait_for_function(
+                    "(t) => (window.__botTexts.at(-1) || '').replace(/\\s+/g, '') === t",
+                    arg="".join(eng.last_answered.reply.split()), timeout=10000)
                 texts = [t for t in page.evaluate("() => window.__botTexts") if t != "…"]
                 assert len(texts) >= 2 and all(b.startswith(a) for a, b in itertools.pairwise(texts)), texts
                 assert eng.last_answered.stats["generated_tokens"] >= 2
                 assert eng.last_answered.about.startswith("frame ")
-                srcs = set()
-                for _ in range(12):
-                    srcs.add(page.get_attribute("#marked img", "src"))
-                    time.sleep(0.15)
-                assert len(srcs) >= 3, srcs  # the marked image keeps updating
+                srcs = [page.get_attribute("#marked img", "src")]
+                for _ in range(2):  # the marked image keeps updating
+                    page.wait_for_function(SRC_CHANGED, arg=srcs[-1], timeout=10000)
+                    srcs.append(page.get_attribute("#marked img", "src"))
+                assert len(set(srcs)) >= 3, srcs
                 assert "[2]" in page.inner_text("#instances") and "[3]" in page.inner_text("#instances")
                 # a question about an ID that is not there: the clear reply
                 page.fill("#question textarea", "What is [99] doing?")
@@ -414,7 +419,8 @@ def test_browser_end_to_end(bundle, tmp_path):
                 page.click("#add-mark")
                 page.wait_for_function("() => document.querySelector('#instances').innerText.includes('manual')",
                                        timeout=10000)
-                time.sleep(1.0)  # the marked image (loaded by URL) catches up with the instance list
+                # the marked image (loaded by URL) catches up with the instance list: wait for the next one
+                page.wait_for_function(SRC_CHANGED, arg=page.get_attribute("#marked img", "src"), timeout=10000)
                 page.screenshot(path=str(shot), full_page=True)
                 ctx.close()
             finally:
