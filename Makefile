@@ -35,7 +35,7 @@ demo: setup
 	$(CLI) eval $(OUT)/bundle --bench $(OUT)/world/bench --llm q4_k_m --vision int8 --limit 12 --out $(OUT)/runs/q4_k_m
 	$(CLI) eval $(OUT)/bundle --bench $(OUT)/world/bench --llm gptq --limit 12 --out $(OUT)/runs/gptq
 	$(CLI) report $(OUT)/runs/f16 $(OUT)/runs/q4_k_m $(OUT)/runs/gptq --reference $(OUT)/runs/f16 --out $(OUT)/report
-	$(CLI) mark $(OUT)/world/bench/videos_vpt/001 --detector static --out $(OUT)/marked.mp4 --json $(OUT)/instances.jsonl
+	$(CLI) mark $(OUT)/world/bench/videos_vpt/001 --detector static --out $(OUT)/marked.mp4 --json $(OUT)/instances.jsonl --force
 	$(CLI) ask $(OUT)/bundle --image $(OUT)/world/bench/images_vpt/001.jpg -q "What is the colour of [1]?" --json --max-new-tokens 24
 	$(CLI) ask $(OUT)/bundle --video $(OUT)/world/bench/videos_vpt/001 -q "What changed for [1] between <1> and <2>?" --json --max-new-tokens 24
 

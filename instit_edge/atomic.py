@@ -42,16 +42,84 @@ def write_json(target, obj, indent: int | None = 2) -> None:
     write_text(target, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(target: str | os.PathLike) -> list[Path]:
+    """Remove ``.NAME.partial-PID-*`` / ``.NAME.old-PID`` folders of killed runs for ``target``; return them."""
+    target = Path(target)
+    gone = []
+    if not target.parent.is_dir():
+        return gone
+    for p in target.parent.glob(f".{target.name}.*"):
+        rest = p.name[len(target.name) + 2:]
+        kind, _, tail = rest.partition("-")
+        if kind not in ("partial", "old") or not p.is_dir():
+            continue
+        pid = tail.split("-")[0]
+        if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+            continue  # a run in progress
+        shutil.rmtree(p, ignore_errors=True)
+        gone.append(p)
+    return gone
+
+
+def _is_within(a: Path, b: Path) -> bool:
+    a, b = Path(os.path.realpath(a)), Path(os.path.realpath(b))
+    return a == b or b in a.parents
+
+
+def guard_output(out: str | os.PathLike, *, force: bool, marker: str, what: str, inputs=()) -> Path:
+    """Check, before any long work, that ``out`` may be written; return it absolute.
+
+    - ``out`` must not be, contain or lie inside an input;
+    - an existing ``out`` is replaced only with ``force`` and only when it is something this tool made
+      (it holds ``marker``) or an empty folder;
+    - its parent must be writable.
+    """
+    from .errors import InstitError
+
+    out = Path(os.path.abspath(out))
+    for inp in inputs:
+        if inp is None or not os.path.exists(inp):
+            continue
+        if _is_within(out, inp) or _is_within(inp, out):
+            raise InstitError(f"--out {out} overlaps the input {Path(inp)}; choose an output folder outside it")
+    if out.exists():
+        if not out.is_dir():
+            raise InstitError(f"--out {out} is a file, not a {what} folder; choose another path")
+        if not force:
+            raise InstitError(f"output exists: {out} (pass --force to replace it)")
+        if not (out / marker).is_file() and any(out.iterdir()):
+            raise InstitError(f"refusing to replace {out}: it is not a {what} (no {marker}); --force only replaces "
+                              f"what instit-edge made, so choose another --out")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InstitError(f"cannot write to {parent} (permission denied); choose another --out")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike, force: bool = False):
     """Yield a temporary directory beside ``target``; move it into place on success.
 
     With ``force`` an existing ``target`` is replaced only after the new one is
-    complete, so a failed run never destroys the previous result.
+    complete, so a failed run never destroys the previous result. Leftovers of
+    killed runs for the same target are removed first.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    clean_leftovers(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
         if target.exists():

@@ -8,6 +8,7 @@ that need them, so ``ask`` on a device never imports torch.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -144,8 +145,6 @@ def export(
     from .models.loading import check_checkpoint
 
     check_checkpoint(model)
-    if out_dir.exists() and not force:
-        raise InstitError(f"output exists: {out_dir} (pass --force to replace it)")
     lt, vt = tuple(_split(llm_types)), tuple(_split(vision_types))
     prog, step = _steps(2 + len(lt) + len(vt) + int(mmproj), "export")
     with prog:
@@ -301,6 +300,41 @@ def _register_plugins() -> None:
 
 
 _register_plugins()
+
+
+# Arguments that may name a local checkpoint / input as a plain string (a hub name or a camera index otherwise).
+_LOCAL_STRING_ARGS = ("model", "base", "target", "input")
+
+
+def _absolute(value, name: str):
+    """A user path made absolute (``~`` expanded, symlinks kept), so no later ``chdir`` changes its meaning."""
+    if isinstance(value, Path):
+        return Path(os.path.abspath(os.path.expanduser(value)))
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, Path) for v in value):
+        return type(value)(_absolute(v, name) for v in value)
+    if isinstance(value, str) and name in _LOCAL_STRING_ARGS and value and os.path.exists(os.path.expanduser(value)):
+        return os.path.abspath(os.path.expanduser(value))
+    return value
+
+
+def _resolve_user_paths(command) -> None:
+    """Wrap a registered command so every user path is resolved once, here at the CLI edge."""
+    import functools
+
+    fn = command.callback
+    if fn is None or getattr(fn, "_paths_resolved", False):
+        return
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **{k: _absolute(v, k) for k, v in kwargs.items()})
+
+    wrapper._paths_resolved = True
+    command.callback = wrapper
+
+
+for _cmd in app.registered_commands:
+    _resolve_user_paths(_cmd)
 
 
 def main() -> None:

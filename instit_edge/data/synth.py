@@ -679,7 +679,7 @@ def build_world(out, seed: int = 0, n_images: int = 40, n_videos: int = 10, imag
     existing ``out`` (only after the new world is complete). With
     ``return_records`` returns ``(summary, bench_items, dataset_records)``.
     """
-    from instit_edge.atomic import atomic_dir, write_json
+    from instit_edge.atomic import atomic_dir, guard_output, write_json
     from instit_edge.data.bench import write_bench_json, write_bench_parquet
     from instit_edge.data.dataset import write_instit_dataset
     from instit_edge.data.records import BenchItem, FrameCaption, ImageRecord, VideoRecord
@@ -690,11 +690,9 @@ def build_world(out, seed: int = 0, n_images: int = 40, n_videos: int = 10, imag
         raise InstitError(f"synth: image size {image_size} is too small (use W,H of at least 64)")
     n_train_images = n_images if n_train_images is None else n_train_images
     n_train_videos = n_videos if n_train_videos is None else n_train_videos
-    out = Path(out)
+    out = guard_output(out, force=force, marker="ground_truth.json", what="synthetic world")
     if out.exists() and out.is_dir() and not any(out.iterdir()):
         out.rmdir()
-    if out.exists() and not force:
-        raise InstitError(f"{out} already exists (choose another folder or pass --force to replace it)")
     start = time.perf_counter()
     tick = progress or (lambda advance: None)
     width = max(3, len(str(max(n_images, n_videos, n_train_images, n_train_videos, 1))))

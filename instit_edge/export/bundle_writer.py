@@ -49,14 +49,13 @@ def export_bundle(
     progress=None,
 ) -> Bundle:
     """Export ``model_path`` to a bundle at ``out``. ``progress(step_name)`` is called per step."""
-    from ..atomic import atomic_dir
+    from ..atomic import atomic_dir, guard_output
     from .gguf_llm import write_llm_gguf
     from .gguf_mmproj import write_mmproj_gguf
     from .onnx_vision import convert_fp16, export_vision_onnx
 
-    out = Path(out)
-    if out.exists() and not force:
-        raise InstitError(f"output exists: {out} (pass --force to replace it)")
+    local_src = [model_path] if Path(model_path).exists() else []
+    out = guard_output(out, force=force, marker=MANIFEST, what="bundle", inputs=local_src)
     bad = [t for t in llm_types if t not in ("f16", "f32")]
     if bad:
         raise InstitError(f"export writes llm types f16 / f32 only, got {bad}; use `instit-edge quantize` for the rest")

@@ -14,7 +14,7 @@ from instit_edge.errors import InstitError
 
 def mark_video(input, out: Path | None = None, jsonl: Path | None = None, *, detector: str = "motion",
                style: str = "box+id", max_frames: int | None = None, fps: float | None = None,
-               progress=None) -> dict:
+               progress=None, force: bool = False) -> dict:
     """Mark every frame of ``input`` (video file, frame folder, image, camera index) -> MP4 and/or JSONL.
 
     Both files are written under temporary names and renamed at the end, so
@@ -39,6 +39,7 @@ def mark_video(input, out: Path | None = None, jsonl: Path | None = None, *, det
         raise InstitError(f"--max-frames must be at least 1 (got {max_frames})")
     if out is not None and Path(out).suffix.lower() not in (".mp4", ".m4v", ".mov"):
         raise InstitError(f"--out {out}: write an .mp4 file (the video is encoded with mp4v)")
+    _guard_mark_outputs(input, out, jsonl, force)
     marker = Marker(detector, style=style)  # validates detector and style before the input is opened
     source = open_source(input, fps=fps)
     total = source.count if max_frames is None else min(max_frames, source.count or max_frames)
@@ -106,6 +107,30 @@ def mark_video(input, out: Path | None = None, jsonl: Path | None = None, *, det
     return summary
 
 
+def _guard_mark_outputs(input, out, jsonl, force: bool) -> None:
+    """Never overwrite the input; replace an existing output only with ``force``; fail before any work."""
+    import os
+
+    from instit_edge.atomic import _is_within
+
+    outs = [p for p in (out, jsonl) if p is not None]
+    if len(outs) == 2 and os.path.abspath(outs[0]) == os.path.abspath(outs[1]):
+        raise InstitError(f"--out and --json name the same file {outs[0]}; give two different files")
+    for p in outs:
+        p = Path(p)
+        if os.path.exists(str(input)) and _is_within(p, input):
+            raise InstitError(f"output {p} is the input (or inside it); write the result somewhere else")
+        if p.is_dir():
+            raise InstitError(f"output {p} is a folder; give a file name")
+        if p.exists() and not force:
+            raise InstitError(f"output exists: {p} (pass --force to replace it)")
+        parent = p.parent if str(p.parent) else Path(".")
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise InstitError(f"cannot write to {parent} (permission denied); choose another output path")
+
+
 def register(app: typer.Typer, console, out) -> None:
     """Add ``mark`` and ``models`` to the ``instit-edge`` app."""
 
@@ -120,6 +145,7 @@ def register(app: typer.Typer, console, out) -> None:
         style: str = typer.Option("box+id", "--style", help="box+id | id | box | mask+id | contour+id | none"),
         max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames."),
         fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of a frame folder (default 10)."),
+        force: bool = typer.Option(False, "--force", help="Replace existing output files (never the input)."),
     ):
         """Detect, track and mark instances with persistent IDs; write a marked MP4 and a JSONL of instances."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -132,7 +158,7 @@ def register(app: typer.Typer, console, out) -> None:
                 prog.update(task, advance=advance, total=total)
 
             summary = mark_video(input, out_path, json_path, detector=detector, style=style, max_frames=max_frames,
-                                 fps=fps, progress=step)
+                                 fps=fps, progress=step, force=force)
         for key in ("out", "json"):
             if summary.get(key):
                 console.print(f"[green]wrote[/] {summary[key]}")

@@ -58,6 +58,9 @@ class TinySpec:
     # extra deterministic pseudo-words in the tokenizer corpus (0 = the base corpus); lets the BPE
     # trainer reach a few thousand tokens for the larger presets
     corpus_words: int = 0
+    # extra domain text for the tokenizer corpus (e.g. the official prompts and a world's questions),
+    # so that fixed prompt text becomes few tokens
+    corpus_lines: tuple = ()
     # vision tower
     image_size: int = 32
     patch_size: int = 8
@@ -177,7 +180,7 @@ def build_tokenizer(spec: TinySpec, out_dir: Path):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(spec.corpus_words), trainer=trainer)
+    tok.train_from_iterator(_corpus(spec.corpus_words) + list(spec.corpus_lines), trainer=trainer)
     if spec.llm == "llama":
         bos = tok.token_to_id("<s>")
         tok.post_processor = processors.TemplateProcessing(
@@ -259,13 +262,11 @@ def build_tiny(out: str | Path, spec: TinySpec | None = None, force: bool = Fals
         LlavaProcessor,
     )
 
-    from ..atomic import atomic_dir
+    from ..atomic import atomic_dir, guard_output
 
     spec = spec or TinySpec()
     spec.validate()
-    out = Path(out)
-    if out.exists() and not force:
-        raise InstitError(f"output exists: {out} (pass --force to replace it)")
+    out = guard_output(out, force=force, marker="config.json", what="checkpoint")
 
     torch.manual_seed(spec.seed)
     with atomic_dir(out, force=force) as tmp:

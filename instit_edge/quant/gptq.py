@@ -107,6 +107,8 @@ def run_gptq(calib_llm_dir: Path, rows: list[dict], out_dir: Path, group_size: i
     except ImportError as e:
         raise InstitError(f"GPTQ needs gptqmodel (pip install 'instit-edge[gptq]'): {str(e).splitlines()[0]}") from None
     qcfg = QuantizeConfig(bits=4, group_size=group_size, sym=sym, desc_act=False)
+    # absolute before the chdir below: a relative path would then name a folder that does not exist
+    calib_llm_dir, out_dir = Path(calib_llm_dir).absolute(), Path(out_dir).absolute()
     cwd = os.getcwd()
     os.chdir(calib_llm_dir.parent)  # gptqmodel writes logs/ into the working directory: keep them in the work dir
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,62 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import InstitError
+
+
+def cpu_has_amx() -> bool:
+    """True when this CPU advertises AMX (Intel Sapphire Rapids and later)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def weight_repacking() -> bool:
+    """Whether llama.cpp may repack weights into its extra CPU buffer types (AMX, CPU_REPACK).
+
+    llama.cpp's AMX matmul crashes (SIGSEGV in ``ggml_backend_amx_mul_mat``,
+    upstream issue ggml-org/llama.cpp#20824, never fixed) on quantized weights,
+    and a llama-cpp-python build compiled with ``-march=native`` on an AMX CPU
+    always includes it. So repacking is off on AMX CPUs (seen here: a Q8_0
+    decode crashed the process) and on elsewhere. ``INSTIT_LLAMA_REPACK=1|0``
+    overrides.
+    """
+    import os
+
+    env = os.environ.get("INSTIT_LLAMA_REPACK")
+    if env in ("0", "1"):
+        return env == "1"
+    return not cpu_has_amx()
+
+
+def load_llama(path, **kwargs):
+    """``llama_cpp.Llama(model_path=path, **kwargs)`` with weight repacking set by :func:`weight_repacking`.
+
+    ``Llama`` does not expose ``use_extra_bufts``; its constructor takes the
+    model parameters from ``llama_model_default_params()``, so that function is
+    wrapped for the duration of the load.
+    """
+    import llama_cpp
+    import llama_cpp.llama_cpp as lc
+
+    if weight_repacking():
+        return llama_cpp.Llama(model_path=str(path), **kwargs)
+    original = lc.llama_model_default_params
+
+    def no_repack():
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    lc.llama_model_default_params = no_repack
+    try:
+        return llama_cpp.Llama(model_path=str(path), **kwargs)
+    finally:
+        lc.llama_model_default_params = original
 
 
 @dataclass
@@ -86,8 +143,8 @@ class LlamaCppLLM:
         if f32_kv:  # tight parity: llama.cpp's KV cache is F16 by default
             kw.update(type_k=0, type_v=0)
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(path),
+            self.llm = load_llama(
+                path,
                 n_ctx=n_ctx,
                 n_batch=n_batch,
                 n_ubatch=n_batch,
@@ -112,8 +169,51 @@ class LlamaCppLLM:
         vocab = self._lc.llama_model_get_vocab(self.llm._model.model)
         return token == self.eos or bool(self._lc.llama_vocab_is_eog(vocab, token))
 
-    def tokenize(self, text: str, add_bos: bool) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+    def tokenize(self, text: str, add_bos: bool, special: bool = True) -> list[int]:
+        """Token ids of ``text``; with ``special`` the vocabulary's control-token strings become those tokens."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def special_token(self, text: str) -> int | None:
+        """The id of the control token spelled ``text``, or None when the vocabulary has no such token."""
+        cache = self.__dict__.setdefault("_special_cache", {})
+        if text not in cache:
+            toks = self.tokenize(text, add_bos=False, special=True)
+            cache[text] = toks[0] if len(toks) == 1 and toks != self.tokenize(text, False, special=False) else None
+        return cache[text]
+
+    def tokenize_parts(self, parts, add_bos: bool) -> list[int]:
+        """Token ids of ``[(text, is_template), ...]`` joined: special tokens are parsed only in template parts.
+
+        Text between the template's special tokens is tokenized as one run
+        (user text merged with the template text around it, as llama.cpp does
+        when it tokenizes the whole prompt), so a prompt whose user text spells
+        no special token gets exactly the tokens of ``tokenize(whole, special=True)``.
+        """
+        from ..prompting import TEMPLATE_SPECIAL_TOKENS
+
+        specials = [s for s in TEMPLATE_SPECIAL_TOKENS if self.special_token(s) is not None]
+        pattern = re.compile("(" + "|".join(re.escape(s) for s in specials) + ")") if specials else None
+        runs: list = []
+        cur = ""
+        for text, is_template in parts:
+            if not is_template or pattern is None:
+                cur += text
+                continue
+            for i, piece in enumerate(pattern.split(text)):
+                if i % 2:
+                    runs.append(cur)
+                    runs.append(self.special_token(piece))
+                    cur = ""
+                else:
+                    cur += piece
+        runs.append(cur)
+        out = self.tokenize("", add_bos=True, special=False) if add_bos else []  # what llama.cpp adds (BOS)
+        for r in runs:
+            if isinstance(r, int):
+                out.append(r)
+            elif r:
+                out += self.tokenize(r, add_bos=False, special=False)
+        return out
 
     def token_bytes(self, token: int) -> bytes:
         return self.llm.detokenize([token], special=False)

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InstitError
+from .llm_llamacpp import load_llama
 
 
 class MtmdVision:
     def __init__(self, mmproj: str | Path, llm_gguf: str | Path, n_threads: int = 2):
-        import llama_cpp
         import llama_cpp.mtmd_cpp as mtmd
 
         self.mtmd = mtmd
-        self.llm = llama_cpp.Llama(model_path=str(llm_gguf), n_ctx=2048, n_batch=2048, verbose=False)
+        self.llm = load_llama(llm_gguf, n_ctx=2048, n_batch=2048, verbose=False)
         params = mtmd.mtmd_context_params_default()
         params.use_gpu = False
         params.n_threads = n_threads
