@@ -45,6 +45,23 @@ def test_instruction_types_and_label_masking(world, tiny_models):
     assert s.turns[0][0] not in labelled and "<|im_end|>" in labelled and e.image_pos >= 0
 
 
+@pytest.mark.parametrize("template,combo", [("vicuna_v1", "llava-next-llama-clip"), ("chatml", "llava-next-qwen2-siglip")])
+def test_first_answer_token_is_learned(tiny_models, template, combo):
+    """Byte-level BPE folds the space before a word into its token (vicuna's "ASSISTANT: C" -> " C"):
+    the MC letter and the first word of an answer must still carry labels."""
+    from transformers import AutoProcessor
+
+    from instit_edge.train.encode import IGNORE, encode_text
+    from instit_edge.train.instructions import Sample
+
+    tok = AutoProcessor.from_pretrained(tiny_models(combo)).tokenizer
+    for answer in ("C", "[2] is red.", "The circle moves left."):
+        e = encode_text(Sample([("Which one?", answer)]), tok, template)
+        labelled = tok.decode([t for t, lab in zip(e.input_ids, e.labels) if lab != IGNORE])
+        assert labelled.strip().startswith(answer), (template, answer, labelled)
+        assert "Which one?" not in labelled
+
+
 def test_train_loss_goes_down_and_checkpoint_exports(world, tiny_models, tmp_path):
     from instit_edge.export.bundle_writer import export_bundle
     from instit_edge.train.trainer import TrainConfig, train

@@ -1,27 +1,36 @@
-"""The embedded default model: a small LLaVA-Next trained on the synthetic world to read the ID marks.
+"""The embedded default model: a small LLaVA trained on the synthetic world to read the ID marks.
 
 Recipe (``make train-default``), chosen because a from-scratch LM loss alone
 left a tiny VLM at chance (the LLM learns option priors and ignores the image):
 
 1. **World at model resolution.** Scenes rendered natively at 128 x 128, so a
    mark's digit is ~10 px tall inside a 16 px patch (readable), instead of
-   being shrunk 3x by the resize.
-2. **Vision first, on a direct objective.** The vision tower is trained alone
+   being shrunk 3x by the resize. LLaVA-1.5 packing (no AnyRes): 64 image rows.
+2. **A domain tokenizer.** The byte-level BPE is trained on the official
+   Inst-IT Bench prompts, the chat template and the training world's text, so
+   the fixed prompt text costs few tokens (the sequence is the training cost).
+3. **Vision first, on a direct objective.** The vision tower is trained alone
    with per-patch targets from the ground truth: which ID label sits in the
-   patch, and the colour / shape of the instance under the patch centre.
-3. **Then the VLM**, vision tower frozen, projector + LLM trained on
-   instruction samples: dense instance lists ("[1] a red circle ...") first,
-   then bench-format MC and OE questions of a *training* world (different
-   seed from the held-out evaluation world), loss on answers only.
+   patch, which instance covers the patch centre, and its colour and shape.
+4. **Then the VLM**, vision tower frozen (its features cached once), projector
+   + LLM trained in bf16 autocast on instruction samples: dense instance lists
+   first (a curriculum that fades out), then bench-format MC and OE questions
+   of a *training* world (a different seed from any evaluation world), loss on
+   answers only.
 
-Everything is deterministic for a seed. Scores come from ``instit-edge eval``
-on a held-out world.
+Everything is deterministic for a seed, and every stage resumes after a kill:
+the work folder (``--work``, default ``OUT/../.default-train``) keeps the
+world, the stage-1 tower and a stage-2 checkpoint written atomically every
+``--save-every`` steps; rerunning the same command continues from there.
+Scores come from ``instit-edge eval`` on a held-out world.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import random
 import time
 from pathlib import Path
 
@@ -31,28 +40,48 @@ from ..errors import InstitError
 
 IMAGE = 128
 PATCH = 16
+MAX_ID = 15  # instance-id classes of the per-patch head (0 = background)
+WORLD_SEED_OFFSET = 1000  # training world seed = WORLD_SEED_OFFSET + seed; never use it for evaluation
 
 
-def default_spec(seed: int = 0):
+def domain_corpus(world: Path | None = None, limit: int = 4000) -> tuple[str, ...]:
+    """The official prompts, the Vicuna system prompt and (optionally) a world's questions and captions."""
+    from .. import prompting as P
+
+    lines = [P.IMAGE_MC_PRE_PROMPT, P.IMAGE_MC_POST_PROMPT, P.IMAGE_OE_PRE_PROMPT, P.IMAGE_OE_POST_PROMPT,
+             P.VIDEO_MC_PRE_PROMPT, P.VIDEO_MC_POST_PROMPT, P.VIDEO_OE_PRE_PROMPT, P.VIDEO_OE_POST_PROMPT,
+             P.VICUNA_SYSTEM, "USER: ASSISTANT: A. B. C. D. "] * 20
+    if world is not None:
+        gt = json.loads((world / "bench" / "image_multi_choices.json").read_text()) + \
+            json.loads((world / "bench" / "video_multi_choices.json").read_text())
+        for it in gt[:limit]:
+            lines.append(it["question"] + " " + " ".join(f"{k}. {v}" for k, v in it["options"].items()))
+        oe = json.loads((world / "bench" / "image_open_ended.json").read_text()) + \
+            json.loads((world / "bench" / "video_open_ended.json").read_text())
+        lines += [it["answer"] for it in oe[:limit]]
+    return tuple(lines)
+
+
+def default_spec(seed: int = 0, corpus: tuple = ()):
     from ..models.tiny import TinySpec
 
-    return TinySpec(arch="llava-next", llm="llama", vision="clip", seed=seed, hidden_size=256,
-                    intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=4, vocab_size=1024,
-                    max_position_embeddings=2048, image_size=IMAGE, patch_size=PATCH, vision_hidden=192,
-                    vision_intermediate=384, vision_layers=4, vision_heads=3, feature_layer=-1,
+    return TinySpec(arch="llava", llm="llama", vision="clip", seed=seed, hidden_size=256,
+                    intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=4, vocab_size=2048,
+                    corpus_lines=corpus, max_position_embeddings=2048, image_size=IMAGE, patch_size=PATCH,
+                    vision_hidden=192, vision_intermediate=384, vision_layers=4, vision_heads=3, feature_layer=-1,
                     pinpoints=[[IMAGE, IMAGE]])
 
 
 # --------------------------------------------------------------------------- stage 1: per-patch targets
 def _patch_targets(entry: dict, mask_png: Path, colours: list[str], shapes: list[str]) -> np.ndarray:
-    """[G*G, 3] int targets: (digit id or 0, colour class, shape class) per patch (0 = background)."""
+    """[G*G, 4] int targets per patch: (label digit or 0, colour class, shape class, covering instance id)."""
     from PIL import Image
 
     g = IMAGE // PATCH
     m = np.asarray(Image.open(mask_png))
     if m.shape[:2] != (IMAGE, IMAGE):
         raise InstitError(f"default model world must be {IMAGE}x{IMAGE}, got {m.shape[:2]} in {mask_png}")
-    t = np.zeros((g, g, 3), np.int64)
+    t = np.zeros((g, g, 4), np.int64)
     cy = cx = (np.arange(g) * PATCH + PATCH // 2)
     ids = m[np.ix_(cy, cx)]
     inst = entry["instances"]
@@ -60,14 +89,15 @@ def _patch_targets(entry: dict, mask_png: Path, colours: list[str], shapes: list
         sel = ids == int(k)
         t[..., 1][sel] = 1 + colours.index(v["color"])
         t[..., 2][sel] = 1 + shapes.index(v["shape"])
+        t[..., 3][sel] = min(int(k), MAX_ID)
         lx0, ly0, lx1, ly1 = v["label_rect"]
         for py in range(g):
             for px in range(g):
                 ox = max(0, min(lx1, (px + 1) * PATCH) - max(lx0, px * PATCH))
                 oy = max(0, min(ly1, (py + 1) * PATCH) - max(ly0, py * PATCH))
                 if ox * oy >= 0.3 * (lx1 - lx0) * (ly1 - ly0):
-                    t[py, px, 0] = int(k)
-    return t.reshape(-1, 3)
+                    t[py, px, 0] = min(int(k), MAX_ID)
+    return t.reshape(-1, 4)
 
 
 def _vision_examples(world: Path):
@@ -88,7 +118,7 @@ def _vision_examples(world: Path):
 
 
 def pretrain_vision(model, processor, world: Path, steps: int, lr: float = 1e-3, batch: int = 32, log=print) -> dict:
-    """Train the vision tower (up to the feature layer) on per-patch digit / colour / shape targets."""
+    """Train the vision tower (up to the feature layer) on per-patch label / instance / colour / shape targets."""
     import torch
 
     from ..runtime.anyres import Preprocess, load_image
@@ -101,7 +131,8 @@ def pretrain_vision(model, processor, world: Path, steps: int, lr: float = 1e-3,
     tower = model.model.vision_tower
     layer = model.config.vision_feature_layer
     d = model.config.vision_config.hidden_size
-    heads = torch.nn.ModuleList([torch.nn.Linear(d, 10), torch.nn.Linear(d, n_col + 1), torch.nn.Linear(d, n_shp + 1)])
+    sizes = (MAX_ID + 1, n_col + 1, n_shp + 1, MAX_ID + 1)
+    heads = torch.nn.ModuleList([torch.nn.Linear(d, n) for n in sizes])
     params = [p for p in tower.parameters()] + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -109,24 +140,27 @@ def pretrain_vision(model, processor, world: Path, steps: int, lr: float = 1e-3,
     tower.train()
     t0 = time.perf_counter()
     acc = {}
+    names = ("label", "colour", "shape", "instance")
     for step in range(steps):
         idx = torch.randint(0, len(px), (batch,), generator=g)
         x = torch.from_numpy(px[idx.numpy()])
         y = torch.from_numpy(tg[idx.numpy()])
-        h = tower(x, output_hidden_states=True).hidden_states[layer][:, 1:]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = tower(x, output_hidden_states=True).hidden_states[layer][:, 1:]
+        h = h.float()
         loss = 0
         for j, head in enumerate(heads):
             logits = head(h)
             w = None
-            if j == 0:  # digits are rare: weight the positives up
-                w = torch.ones(10)
+            if j == 0:  # labels are rare: weight the positives up
+                w = torch.ones(sizes[0])
                 w[1:] = 20.0
             loss = loss + torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[..., j].reshape(-1),
                                                             weight=w)
             if step % 50 == 0 or step == steps - 1:
                 pred = logits.argmax(-1)
                 pos = y[..., j] > 0
-                acc[("digit", "colour", "shape")[j]] = float((pred[pos] == y[..., j][pos]).float().mean())
+                acc[names[j]] = round(float((pred[pos] == y[..., j][pos]).float().mean()), 4)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -135,7 +169,7 @@ def pretrain_vision(model, processor, world: Path, steps: int, lr: float = 1e-3,
             log(f"vision step {step + 1}/{steps} loss {float(loss):.3f} patch acc {acc} "
                 f"({(step + 1) * batch / (time.perf_counter() - t0):.0f} img/s)")
     tower.eval()
-    return {"steps": steps, "patch_accuracy": acc, "images": len(px), "seconds": time.perf_counter() - t0}
+    return {"steps": steps, "patch_accuracy": acc, "images": len(px), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # --------------------------------------------------------------------------- stage 2: the VLM
@@ -153,53 +187,6 @@ def vlm_samples(world: Path, seed: int = 0):
         media = {"image": it.image_path} if it.split == "image" else {"frames": list(it.frame_paths)}
         qa.append(Sample([(bench_prompt(it), it.answer)], kind=f"{it.split}-{it.format}", **media))
     return dense, qa
-
-
-def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: int = 8, dense_frac: float = 0.3,
-              log=print) -> dict:
-    import random
-
-    import torch
-
-    from .encode import build_batch, encode_text
-
-    for p in model.parameters():
-        p.requires_grad = False
-    for mod in (model.model.multi_modal_projector, model.model.language_model, model.lm_head):
-        for p in mod.parameters():
-            p.requires_grad = True
-    model.model.image_newline.requires_grad = True
-    tok = processor.tokenizer
-    enc_d = [encode_text(s, tok, "vicuna_v1") for s in dense]
-    enc_q = [encode_text(s, tok, "vicuna_v1") for s in qa]
-    rows = FrozenVisionRows(model, processor)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    rng = random.Random(0)
-    model.train()
-    t0 = time.perf_counter()
-    losses = []
-    for step in range(steps):
-        frac = dense_frac * max(0.0, 1 - step / (0.6 * steps))  # curriculum: dense captions fade out
-        picks = [(dense, enc_d) if rng.random() < frac else (qa, enc_q) for _ in range(batch)]
-        chosen = [(src[i], enc[i]) for src, enc in picks for i in [rng.randrange(len(src))]]
-        embeds, mask, labels = build_batch(model, rows, [c[0] for c in chosen], [c[1] for c in chosen])
-        out = model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(out.loss))
-        if step % 50 == 0 or step == steps - 1:
-            log(f"vlm step {step + 1}/{steps} loss {np.mean(losses[-50:]):.3f} "
-                f"({(step + 1) * batch / (time.perf_counter() - t0):.1f} samples/s)")
-    model.eval()
-    return {"steps": steps, "final_loss": float(np.mean(losses[-50:])), "seconds": time.perf_counter() - t0,
-            "samples_per_s": steps * batch / (time.perf_counter() - t0)}
 
 
 class FrozenVisionRows:
@@ -232,7 +219,7 @@ class FrozenVisionRows:
         key = id(sample)
         if key not in self.cache:
             if sample.image is not None:
-                crops, hw = self.enc.pre.crops(load_image(sample.image), anyres=True)
+                crops, hw = self.enc.pre.crops(load_image(sample.image), anyres=self.enc.is_next)
                 self.cache[key] = ("image", self._features(crops), hw)
             else:
                 frames = load_frames(sample.frames, 32)
@@ -242,6 +229,8 @@ class FrozenVisionRows:
         inner = self.model.model
         x = inner.multi_modal_projector(feats)
         if kind == "image":
+            if not self.enc.is_next:
+                return x.reshape(-1, x.shape[-1])
             packed, _ = inner.pack_image_features([x], torch.tensor([hw]), self.model.config.vision_feature_select_strategy,
                                                   image_newline=inner.image_newline)
             return packed[0]
@@ -251,34 +240,171 @@ class FrozenVisionRows:
         return g.permute(0, 2, 3, 1).reshape(-1, d)
 
 
-def build_default(out: str | Path, seed: int = 0, n_images: int = 600, n_videos: int = 120, vision_steps: int = 600,
-                  vlm_steps: int = 3000, batch: int = 8, log=print) -> dict:
-    """Build the world, train both stages, save an HF checkpoint + model card at ``out``."""
-    import tempfile
-
+def _mc_letter_accuracy(model, rows, samples, encoded, tok, batch: int = 16) -> float:
+    """Share of MC samples whose answer letter is the most likely of A-D at the answer position (teacher forcing)."""
     import torch
 
-    from ..atomic import atomic_dir
+    from .encode import IGNORE, build_batch
+
+    letters = [tok.encode(" " + x, add_special_tokens=False)[-1] for x in "ABCD"]  # as after "ASSISTANT:"
+    right = n = 0
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for i in range(0, len(samples), batch):
+            s, e = samples[i:i + batch], encoded[i:i + batch]
+            embeds, mask, labels = build_batch(model, rows, s, e)
+            logits = model(inputs_embeds=embeds, attention_mask=mask).logits
+            for b in range(len(s)):
+                pos = (labels[b] != IGNORE).nonzero()[0, 0] - 1  # the position that predicts the first answer token
+                pred = letters[int(logits[b, pos, letters].argmax())]
+                right += int(pred == int(labels[b, pos + 1]))
+                n += 1
+    model.train()
+    return right / max(n, 1)
+
+
+def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: int = 8, dense_frac: float = 0.3,
+              state_path: Path | None = None, save_every: int = 100, held: list | None = None, eval_every: int = 200,
+              log=print, deadline: float | None = None) -> dict:
+    """Train projector + LLM; resumes from ``state_path`` and writes it every ``save_every`` steps."""
+    import torch
+
+    from .encode import build_batch, encode_text
+
+    for p in model.parameters():
+        p.requires_grad = False
+    trainable = [model.model.multi_modal_projector, model.model.language_model, model.lm_head]
+    for mod in trainable:
+        for p in mod.parameters():
+            p.requires_grad = True
+    tok = processor.tokenizer
+    enc_d = [encode_text(s, tok, "vicuna_v1") for s in dense]
+    enc_q = [encode_text(s, tok, "vicuna_v1") for s in qa]
+    held = held or []
+    enc_h = [encode_text(s, tok, "vicuna_v1") for s in held]
+    rows = FrozenVisionRows(model, processor)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    rng = random.Random(0)
+    start, losses, curve, spent = 0, [], [], 0.0
+    if state_path is not None and state_path.exists():
+        st = torch.load(state_path, weights_only=False)
+        model.load_state_dict(st["model"], strict=False)
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        rng.setstate(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        start, losses, curve, spent = st["step"], st["losses"], st["curve"], st["seconds"]
+        log(f"vlm: resumed at step {start}/{steps}")
+
+    def save(step):
+        if state_path is None:
+            return
+        trained = {k: v for k, v in model.state_dict().items()
+                   if not k.startswith("model.vision_tower.")}
+        tmp = state_path.with_name(state_path.name + ".tmp")
+        torch.save({"model": trained, "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng.getstate(),
+                    "torch_rng": torch.get_rng_state(), "step": step, "losses": losses, "curve": curve,
+                    "seconds": spent + time.perf_counter() - t0}, tmp)
+        os.replace(tmp, state_path)
+
+    model.train()
+    t0 = time.perf_counter()
+    step = start
+    for step in range(start, steps):
+        frac = dense_frac * max(0.0, 1 - step / (0.6 * steps))  # curriculum: dense captions fade out
+        picks = [(dense, enc_d) if rng.random() < frac else (qa, enc_q) for _ in range(batch)]
+        chosen = [(src[i], enc[i]) for src, enc in picks for i in [rng.randrange(len(src))]]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            embeds, mask, labels = build_batch(model, rows, [c[0] for c in chosen], [c[1] for c in chosen])
+            out = model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(round(float(out.loss), 5))
+        done = step + 1
+        if done % 50 == 0 or done == steps:
+            rate = (done - start) * batch / (time.perf_counter() - t0)
+            log(f"vlm step {done}/{steps} loss {np.mean(losses[-50:]):.3f} ({rate:.1f} samples/s)")
+        if held and (done % eval_every == 0 or done == steps):
+            acc = _mc_letter_accuracy(model, rows, held, enc_h, tok)
+            curve.append({"step": done, "loss": float(np.mean(losses[-50:])), "held_mc_letter_acc": round(acc, 4)})
+            log(f"vlm step {done}: held-out MC letter accuracy {acc:.3f}")
+        if done % save_every == 0 or done == steps:
+            save(done)
+        if deadline is not None and time.time() > deadline:
+            save(done)
+            log(f"vlm: stopped at step {done} (time budget); rerun to continue")
+            break
+    model.eval()
+    seconds = spent + time.perf_counter() - t0
+    return {"steps": step + 1, "target_steps": steps, "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            "seconds": round(seconds, 1), "batch": batch, "lr": lr, "losses": losses, "curve": curve,
+            "samples_per_s": round((step + 1 - start) * batch / max(time.perf_counter() - t0, 1e-9), 2)}
+
+
+def _save_tower(model, path: Path, info: dict) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"tower": model.model.vision_tower.state_dict(), "info": info}, tmp)
+    os.replace(tmp, path)
+
+
+def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos: int = 400, vision_steps: int = 800,
+                  vlm_steps: int = 6000, batch: int = 16, lr: float = 1e-3, work: str | Path | None = None,
+                  budget_minutes: float | None = None, log=print) -> dict:
+    """Build the world, train both stages (resuming from ``work``), save an HF checkpoint + model card at ``out``."""
+    import torch
+
+    from ..atomic import atomic_dir, write_json
     from ..data.synth import build_world
     from ..models.loading import load_model
     from ..models.tiny import build_tiny
 
+    out = Path(out).absolute()
+    work = Path(work).absolute() if work else out.parent / f".{out.name}-train"
+    work.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + budget_minutes * 60 if budget_minutes else None
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="instit-default-"))
     world = work / "world"
-    build_world(world, seed=1000 + seed, n_images=n_images, n_videos=n_videos, image_size=(IMAGE, IMAGE),
-                n_train_images=n_images, n_train_videos=n_videos)
-    log(f"world: {n_images} + {n_images} images, {n_videos} + {n_videos} videos at {IMAGE}x{IMAGE}")
-    base = build_tiny(work / "base", default_spec(seed))
-    model, processor = load_model(base)
-    vis = pretrain_vision(model, processor, world, vision_steps, log=log)
+    if not (world / "ground_truth.json").exists():
+        build_world(world, seed=WORLD_SEED_OFFSET + seed, n_images=n_images, n_videos=n_videos,
+                    image_size=(IMAGE, IMAGE), n_train_images=n_images, n_train_videos=n_videos, force=True)
+    log(f"world: {n_images} + {n_images} images, {n_videos} + {n_videos} videos at {IMAGE}x{IMAGE} in {world}")
+    if not (work / "base" / "config.json").exists():
+        build_tiny(work / "base", default_spec(seed, domain_corpus(world)), force=True)
+    model, processor = load_model(work / "base")
+    tower_path = work / "vision.pt"
+    if tower_path.exists():
+        st = torch.load(tower_path, weights_only=False)
+        model.model.vision_tower.load_state_dict(st["tower"])
+        vis = st["info"]
+        log(f"vision: loaded stage 1 from {tower_path}")
+    else:
+        vis = pretrain_vision(model, processor, world, vision_steps, log=log)
+        _save_tower(model, tower_path, vis)
     dense, qa = vlm_samples(world, seed)
-    vlm = train_vlm(model, processor, dense, qa, vlm_steps, batch=batch, log=log)
-    card = {"recipe": __doc__.strip().splitlines()[0], "seed": seed, "world_seed": 1000 + seed,
-            "image_size": IMAGE, "patch_size": PATCH, "vision": vis, "vlm": vlm,
-            "samples": {"dense": len(dense), "qa": len(qa)}, "hardware": _hardware(),
-            "train_seconds": round(time.perf_counter() - t0, 1)}
+    rng = random.Random(seed)
+    mc = [s for s in qa if s.kind.endswith("-mc")]
+    held = rng.sample(mc, min(96, len(mc)))
+    held_ids = {id(s) for s in held}
+    qa = [s for s in qa if id(s) not in held_ids]
+    vlm = train_vlm(model, processor, dense, qa, vlm_steps, lr=lr, batch=batch, state_path=work / "vlm-state.pt",
+                    held=held, log=log, deadline=deadline)
+    card = {"recipe": [line for line in __doc__.strip().splitlines()[:1]], "seed": seed,
+            "world_seed": WORLD_SEED_OFFSET + seed, "image_size": IMAGE, "patch_size": PATCH,
+            "vision": vis, "vlm": {k: v for k, v in vlm.items() if k != "losses"},
+            "samples": {"dense": len(dense), "qa": len(qa), "held_out_mc": len(held)},
+            "hardware": _hardware(), "torch_threads": torch.get_num_threads(),
+            "complete": vlm["steps"] >= vlm_steps, "wall_seconds_this_run": round(time.perf_counter() - t0, 1)}
+    write_json(work / "losses.json", vlm["losses"])
     with atomic_dir(out, force=True) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
@@ -287,7 +413,6 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 600, n_videos:
 
 
 def _hardware() -> str:
-    import os
     import platform
 
     try:
@@ -297,7 +422,15 @@ def _hardware() -> str:
             return torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} CPU cores"
 
 
 if __name__ == "__main__":
@@ -305,12 +438,16 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description="Train the embedded default model (make train-default).")
     ap.add_argument("--out", default="models/default")
+    ap.add_argument("--work", default=None, help="Resumable work folder (default: beside --out).")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--images", type=int, default=600)
-    ap.add_argument("--videos", type=int, default=120)
-    ap.add_argument("--vision-steps", type=int, default=600)
-    ap.add_argument("--vlm-steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--videos", type=int, default=400)
+    ap.add_argument("--vision-steps", type=int, default=800)
+    ap.add_argument("--vlm-steps", type=int, default=6000)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--budget-minutes", type=float, default=None, help="Stop (resumably) after this long.")
     a = ap.parse_args()
-    print(json.dumps(build_default(a.out, a.seed, a.images, a.videos, a.vision_steps, a.vlm_steps, a.batch),
-                     indent=2, default=str))
+    card = build_default(a.out, a.seed, a.images, a.videos, a.vision_steps, a.vlm_steps, a.batch, a.lr, a.work,
+                         a.budget_minutes)
+    print(json.dumps({k: v for k, v in card.items() if k != "vlm"}, indent=2, default=str))

@@ -51,7 +51,14 @@ def encode_text(sample, tokenizer, template: str) -> Encoded:
     ids = enc["input_ids"]
     labels = []
     for t, (s, e) in zip(ids, enc["offset_mapping"]):
-        inside = e > s and any(s >= a and e <= b for a, b in spans)
+        # byte-level BPE folds the space before a word into its token (" C"): judge a token by its visible
+        # characters, or the first word of every answer (the MC letter itself) would never be learned
+        v = s
+        while v < e and text[v].isspace():
+            v += 1
+        if v == e:  # a whitespace-only token counts when it lies inside an answer
+            v = s
+        inside = e > v and any(v >= a and e <= b for a, b in spans)
         labels.append(t if inside else IGNORE)
     img_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     pos = [i for i, t in enumerate(ids) if t == img_id]
