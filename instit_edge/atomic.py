@@ -7,7 +7,23 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
+
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process umask (read without changing it for longer than two calls)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a ``mkstemp`` / ``mkdtemp`` result (0600 / 0700) the mode a plain ``open`` / ``mkdir`` would have."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask())
 
 
 @contextlib.contextmanager
@@ -21,6 +37,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = ""):
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp)
+    apply_umask(tmp)
     try:
         yield tmp
         os.replace(tmp, target)
@@ -108,6 +125,21 @@ def guard_output(out: str | os.PathLike, *, force: bool, marker: str, what: str,
     return out
 
 
+def check_writable(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Raise InstitError, before any long work, when ``path`` (a folder, made if missing) cannot be written."""
+    from .errors import InstitError
+
+    p = Path(os.path.abspath(path))
+    if p.exists() and not p.is_dir():
+        raise InstitError(f"{what} {p} is a file, not a folder; choose another path")
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InstitError(f"cannot write to {probe} (permission denied); choose another {what}")
+    return p
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike, force: bool = False):
     """Yield a temporary directory beside ``target``; move it into place on success.
@@ -120,6 +152,7 @@ def atomic_dir(target: str | os.PathLike, force: bool = False):
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
+    apply_umask(tmp, directory=True)
     try:
         yield tmp
         if target.exists():

@@ -37,6 +37,102 @@ def file_entry(root: Path, rel: str, **extra) -> dict:
     return {"path": rel, "size": p.stat().st_size, "sha256": sha256_file(p), **extra}
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def check_manifest(manifest, mpath) -> None:
+    """Raise :class:`InstitError` naming the first field of ``bundle.json`` that a session could not use."""
+    def bad(what: str):
+        raise InstitError(f"{mpath}: {what}; re-export the bundle")
+
+    if not isinstance(manifest, dict):
+        bad(f"expected a JSON object, got {type(manifest).__name__}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise InstitError(f"{mpath}: format_version {version!r} is not supported (expected {FORMAT_VERSION}); re-export")
+    for key in ("architecture", "preprocess", "prompt", "files"):
+        if key not in manifest:
+            bad(f"missing field {key!r}")
+        if not isinstance(manifest[key], dict):
+            bad(f"field {key!r} must be an object, got {type(manifest[key]).__name__}")
+    ctx = manifest["architecture"].get("context_length", 4096)
+    if not _is_int(ctx) or ctx < 1:
+        bad(f"architecture.context_length must be a positive integer, got {ctx!r}")
+    pre = manifest["preprocess"]
+    size = pre.get("image_size")
+    if not _is_int(size) or size < 1:
+        bad(f"preprocess.image_size must be a positive integer, got {size!r}")
+    for key in ("image_mean", "image_std"):
+        v = pre.get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(_is_num(x) for x in v)):
+            bad(f"preprocess.{key} must be a list of 3 numbers, got {v!r}")
+    if any(x == 0 for x in pre["image_std"]):
+        bad("preprocess.image_std has a zero")
+    resample = pre.get("resample", 3)
+    if not _is_int(resample) or resample not in range(6):
+        bad(f"preprocess.resample must be a PIL resampling filter 0-5, got {resample!r}")
+    pins = pre.get("pinpoints")
+    if pins is not None:
+        if not (isinstance(pins, list) and pins and all(
+                isinstance(p, list) and len(p) == 2 and all(_is_int(x) and x >= size and x % size == 0 for x in p)
+                for p in pins)):
+            bad(f"preprocess.pinpoints must be a list of [height, width] multiples of image_size {size}")
+        patch = pre.get("patch_size")
+        if not _is_int(patch) or patch < 1 or size % patch:
+            bad(f"preprocess.patch_size must be a positive divisor of image_size {size}, got {patch!r}")
+    video = pre.get("video", {})
+    if not isinstance(video, dict):
+        bad("preprocess.video must be an object")
+    for key, lo in (("pool_stride", 1), ("max_frames", 1)):
+        v = video.get(key, lo)
+        if not _is_int(v) or v < lo:
+            bad(f"preprocess.video.{key} must be an integer >= {lo}, got {v!r}")
+    if video.get("pool_mode", "average") not in ("average", "max"):
+        bad(f"preprocess.video.pool_mode must be average or max, got {video.get('pool_mode')!r}")
+    prompt = manifest["prompt"]
+    from .prompting import CHAT_TEMPLATES
+
+    if prompt.get("template") not in CHAT_TEMPLATES:
+        bad(f"prompt.template must be one of {', '.join(CHAT_TEMPLATES)}, got {prompt.get('template')!r}")
+    token = prompt.get("image_token")
+    if not isinstance(token, str) or not token.strip():
+        bad(f"prompt.image_token must be text, got {token!r}")
+    if not isinstance(prompt.get("add_bos"), bool):
+        bad(f"prompt.add_bos must be true or false, got {prompt.get('add_bos')!r}")
+    stop = prompt.get("stop", [])
+    if not (isinstance(stop, list) and all(isinstance(x, str) for x in stop)):
+        bad(f"prompt.stop must be a list of strings, got {stop!r}")
+    mnt = prompt.get("max_new_tokens", 128)
+    if not _is_int(mnt) or mnt < 1:
+        bad(f"prompt.max_new_tokens must be a positive integer, got {mnt!r}")
+    for group, entries in manifest["files"].items():
+        if not isinstance(entries, dict):
+            bad(f"files.{group} must be an object of variants")
+        for name, e in entries.items():
+            where = f"files.{group}.{name}"
+            if not isinstance(e, dict):
+                bad(f"{where} must be an object")
+            rel = e.get("path")
+            if not isinstance(rel, str) or not rel or "\x00" in rel:
+                bad(f"{where}.path must be a file name, got {rel!r}")
+            parts = Path(rel).parts
+            if Path(rel).is_absolute() or ".." in parts or rel.startswith("~"):
+                bad(f"{where}.path {rel!r} points outside the bundle")
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                bad(f"{where}.path is not valid UTF-8")
+            if not _is_int(e.get("size")) or e["size"] < 0:
+                bad(f"{where}.size must be a byte count, got {e.get('size')!r}")
+            if not isinstance(e.get("sha256"), str):
+                bad(f"{where}.sha256 must be a hex digest, got {e.get('sha256')!r}")
+
+
 @dataclass
 class Bundle:
     root: Path
@@ -52,15 +148,16 @@ class Bundle:
         if not mpath.is_file():
             raise InstitError(f"{mpath} is missing: not a bundle (re-run `instit-edge export`)")
         try:
-            manifest = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            manifest = json.loads(mpath.read_bytes().decode("utf-8"))
+        except OSError as e:
+            raise InstitError(f"cannot read {mpath}: {e.strerror or type(e).__name__}") from None
+        except UnicodeDecodeError:
+            raise InstitError(f"{mpath} is not UTF-8 text; re-export the bundle") from None
+        except json.JSONDecodeError as e:
             raise InstitError(f"{mpath} is not valid JSON ({e.msg} at line {e.lineno}); re-export the bundle") from None
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise InstitError(f"{mpath}: format_version {version!r} is not supported (expected {FORMAT_VERSION}); re-export")
-        for key in ("architecture", "preprocess", "prompt", "files"):
-            if key not in manifest:
-                raise InstitError(f"{mpath}: missing field {key!r}; re-export the bundle")
+        except RecursionError:
+            raise InstitError(f"{mpath} is not a bundle manifest (nested too deeply); re-export the bundle") from None
+        check_manifest(manifest, mpath)
         b = cls(root, manifest)
         if verify:
             b.verify()

@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 
 from .errors import InstitError
 
@@ -37,12 +38,22 @@ def _split(csv: str) -> list[str]:
     return [s.strip() for s in csv.split(",") if s.strip()]
 
 
+class _QuietOnErrorProgress(Progress):
+    """A progress bar that leaves nothing behind when the work fails, so the error stays the only line."""
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        if exc_type is not None:
+            self.live.transient = True
+        return super().__exit__(exc_type, exc_val, exc_tb)
+
+
 def _steps(total: int, description: str):
     """A rich progress bar driven by named steps."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), console=console, transient=False)
+    prog = _QuietOnErrorProgress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console,
+                                 transient=False)
     task = prog.add_task(description, total=total)
 
     def step(name: str) -> None:
@@ -173,7 +184,7 @@ def quantize(
     imatrix: str = typer.Option("auto", "--imatrix", help="Multimodal importance matrix: auto | on | off."),
     model: Optional[str] = typer.Option(None, "--model", help="Source HF checkpoint (default: the bundle's source)."),
     gptq: bool = typer.Option(False, "--gptq", help="Also run real GPTQ (gptqmodel) -> llm-gptq/ and llm.gptq.gguf."),
-    threads: int = typer.Option(2, "--threads", help="CPU threads."),
+    threads: int = typer.Option(2, "--threads", min=1, help="CPU threads."),
 ):
     """Add quantized variants to a bundle (GGUF k-quants with a multimodal imatrix, ONNX int8/int4/fp16, GPTQ)."""
     from rich.table import Table
@@ -250,10 +261,11 @@ def ask(
     video: Optional[Path] = typer.Option(None, "--video", help="A video file or a folder of frames."),
     llm: str = typer.Option("f16", "--llm", help="LLM variant (see --list)."),
     vision: str = typer.Option("fp32", "--vision", help="Vision variant (see --list)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Generation length cap (official: 128)."),
-    temperature: float = typer.Option(0.0, help="0 = greedy (the official protocol)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
-    gpu_layers: int = typer.Option(0, "--gpu-layers", help="LLM layers to offload to a GPU (llama.cpp GPU build)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Generation length cap (official: 128)."),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy (the official protocol)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+    gpu_layers: int = typer.Option(0, "--gpu-layers", min=-1,
+                                   help="LLM layers to offload to a GPU (llama.cpp GPU build; -1: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print the answer with timings as JSON."),
     list_variants: bool = typer.Option(False, "--list", help="List the bundle's variants and exit."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip sha256 checks (faster start)."),
@@ -342,9 +354,31 @@ def main() -> None:
 
     # torch / torchao announce deprecations on import; they are not the user's business
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    try:  # typer >= 0.24 carries its own copy of click
+        from typer._click.exceptions import ClickException
+    except ImportError:  # pragma: no cover
+        from click.exceptions import ClickException
+
     debug = "--debug" in sys.argv
     try:
-        app()
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # typer's own handling prints the help
+            e.show()
+            sys.exit(e.exit_code)
+        # a usage error (unknown option, a value out of its range, ...): one line, like every other user error
+        from rich.markup import escape
+
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        console.print(f"[red]error:[/] {escape(' '.join(e.format_message().split()))}{escape(hint)}",
+                      highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(1)
     except InstitError as e:
         if debug:
             raise

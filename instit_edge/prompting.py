@@ -56,6 +56,25 @@ def find_timestamps(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def check_text(text, where: str = "question") -> str:
+    """Return ``text`` when it is a ``str`` that encodes as UTF-8, else raise :class:`InstitError`.
+
+    A command-line argument with bytes that are not UTF-8 arrives as lone
+    surrogates (Python's ``surrogateescape``), and a JSON ``"\\udcff"`` escape
+    gives the same; neither can reach a tokenizer.
+    """
+    if not isinstance(text, str):
+        raise InstitError(f"{where} must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        shown = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+        raise InstitError(f"{where} is not valid UTF-8 text ({shown} at character {e.start}); "
+                          "check the terminal's or the file's encoding") from None
+    return text
+
+
 def _ts_text(start: int, end: int) -> str:
     return f"<{start}>" if start == end else f"<{start}>-<{end}>"
 
@@ -284,6 +303,9 @@ def judge_input(question: str, ground_truth: str, response: str) -> str:
 # --------------------------------------------------------------------------
 
 IMAGE_TOKEN = "<image>"
+# Special-token strings the chat templates themselves write. Only the template's own text is tokenized
+# with them as special tokens; a user's text is always plain text, even when it spells one of them.
+TEMPLATE_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<s>", "</s>", IMAGE_TOKEN)
 
 VICUNA_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "

@@ -33,6 +33,7 @@ from pathlib import Path
 from instit_edge.atomic import atomic_path, link_or_copy, write_bytes, write_json
 from instit_edge.data.records import FORMATS, OPTION_LETTERS, SPLITS, BenchItem, list_frames
 from instit_edge.errors import InstitError
+from instit_edge.prompting import check_text
 
 JSON_FILES = {
     ("image", "mc"): "image_multi_choices.json",
@@ -110,6 +111,10 @@ class _Checker:
             value = str(value)
         if not isinstance(value, str):
             self.fail(qid, f"field {key!r} must be text, got {type(value).__name__}")
+        try:
+            check_text(value, f"field {key!r}")
+        except InstitError as e:
+            self.fail(qid, e.message)
         return value
 
     def item(self, row, index: int, options: dict | None, media: Path) -> BenchItem:
@@ -171,9 +176,26 @@ class _Checker:
                     )
 
 
-def _resolve(root: Path, rel) -> Path:
-    p = Path(str(rel))
-    return (p if p.is_absolute() else root / p).resolve()
+def _resolve(root: Path, rel, chk: _Checker, qid, key: str) -> Path:
+    """``rel`` below ``root``; an absolute path, ``~`` or ``..`` that leaves the bench folder is refused."""
+    from instit_edge.prompting import check_text
+
+    text = str(rel)
+    try:
+        check_text(text, f"field {key!r}")
+    except InstitError as e:
+        chk.fail(qid, e.message)
+    if not text.strip() or "\x00" in text:
+        chk.fail(qid, f"field {key!r} is not a usable path: {text!r}")
+    p = Path(text)
+    full = Path(os.path.normpath(root / p))
+    if p.is_absolute() or text.startswith("~") or (full != root and root not in full.parents):
+        chk.fail(qid, f"{key} {text!r} points outside the bench folder {root}; media paths must be relative "
+                      "to the bench folder and stay inside it")
+    try:
+        return full.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        chk.fail(qid, f"{key} {text!r} cannot be resolved ({type(e).__name__})")
 
 
 # --------------------------------------------------------------------------
@@ -184,6 +206,10 @@ def _resolve(root: Path, rel) -> Path:
 def _load_json_file(root: Path, path: Path, split: str, fmt: str) -> list[BenchItem]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise InstitError(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
+    except RecursionError:
+        raise InstitError(f"{path}: not a list of questions (JSON nested too deeply); fix or regenerate it") from None
     except json.JSONDecodeError as e:
         raise InstitError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix or regenerate it") from None
     except UnicodeDecodeError:
@@ -207,7 +233,7 @@ def _load_json_file(root: Path, path: Path, split: str, fmt: str) -> list[BenchI
         if isinstance(row, dict):
             if row.get(key) is None:
                 chk.fail(qid, f"missing field {key!r} (fix or regenerate the file)")
-            media = _resolve(root, row[key])
+            media = _resolve(root, row[key], chk, qid, key)
         items.append(chk.item(row, i, options, media))
     return items
 
@@ -275,13 +301,13 @@ def _load_parquet_file(root: Path, path: Path, split: str, fmt: str, chk: _Check
                 if not (media.is_file() and media.stat().st_size == len(data)):
                     write_bytes(media, data)
             elif name:
-                media = _resolve(root, name)
+                media = _resolve(root, name, chk, qid, "image.path")
             else:
                 chk.fail(qid, "field 'image' has neither bytes nor a path (fix or regenerate the file)")
         else:
             if row.get("video_path") is None:
                 chk.fail(qid, "missing field 'video_path' (fix or regenerate the file)")
-            media = _resolve(root, row["video_path"])
+            media = _resolve(root, row["video_path"], chk, qid, "video_path")
         items.append(chk.item(row, i, options, media))
     return items
 
@@ -321,6 +347,10 @@ def load_bench(root, split: str | None = None, fmt: str | None = None) -> list[B
     if not found:
         what = " ".join(x for x in (split, fmt) if x) or "any"
         raise InstitError(f"{root}: no {what} questions in this bench ({layout} layout); check --split / --format")
+    if not items:
+        what = " ".join(x for x in (split, fmt) if x)
+        raise InstitError(f"{root}: the bench files hold no {what + ' ' if what else ''}questions (empty lists); "
+                          "fix or regenerate the bench")
     return items
 
 

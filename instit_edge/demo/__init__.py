@@ -7,6 +7,11 @@ Gradio; ``app`` builds the Gradio UI on it and launches it safely;
 stays quick to start.
 """
 
+import os
+
+# Gradio reports usage to its servers unless told not to; it reads this when it is imported.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
 _EXPORTS = {"DemoEngine": "engine", "LiveView": "engine", "prepare_frame": "engine",
             "build_app": "app", "launch": "app"}
 

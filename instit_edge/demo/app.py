@@ -138,7 +138,7 @@ def build_app(engine: DemoEngine, *, stream_every: float = 0.1, title: str | Non
         if view is not None:
             view.close()
 
-    with gr.Blocks(title=title, delete_cache=delete_cache) as demo:
+    with gr.Blocks(title=title, delete_cache=delete_cache, analytics_enabled=False) as demo:
         view_state = gr.State(None, time_to_live=3600, delete_callback=close_view)
         corner_state = gr.State(None)
         gr.Markdown(f"## {title}\n{HELP}")

@@ -40,10 +40,10 @@ def register(app: typer.Typer, console, out) -> None:
         auth: Optional[str] = typer.Option(None, "--auth", help="Require a login, USER:PASS."),
         keyframes: int = typer.Option(8, "--keyframes", help="Keyframes kept for <t> questions (1..32)."),
         keyframe_interval: float = typer.Option(1.0, "--keyframe-interval", help="Seconds between keyframes."),
-        max_side: int = typer.Option(1280, "--max-side", help="Frames with a longer side are downscaled."),
+        max_side: int = typer.Option(1280, "--max-side", min=32, help="Frames with a longer side are downscaled."),
         queue_size: int = typer.Option(16, "--queue-size", help="Requests waiting at most (then refused)."),
-        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model."),
-        gpu_layers: int = typer.Option(0, "--gpu-layers", help="LLM layers to offload to a GPU (llama.cpp GPU build)."),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the model."),
+        gpu_layers: int = typer.Option(0, "--gpu-layers", min=-1, help="LLM layers to offload to a GPU (llama.cpp GPU build)."),
         no_verify: bool = typer.Option(False, "--no-verify", help="Skip sha256 checks of the bundle files."),
         prefetch: bool = typer.Option(True, "--prefetch/--no-prefetch",
                                       help="Encode keyframes while the model is idle (faster <t> questions; "

@@ -44,11 +44,11 @@ def register(app: typer.Typer, console, out) -> None:
         vision: str = typer.Option("fp32", "--vision", help="Vision variant of the bundle."),
         backend: str = typer.Option("bundle", "--backend", help="bundle (llama.cpp + ONNX) | torch (HF reference)."),
         model: Optional[str] = typer.Option(None, "--model", help="HF checkpoint for --backend torch."),
-        limit: Optional[int] = typer.Option(None, "--limit", help="At most N questions per split/format."),
+        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N questions per split/format."),
         shard: Optional[str] = typer.Option(None, "--shard", help="i/n: this machine's share (by question_id)."),
-        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
-        gpu_layers: int = typer.Option(0, "--gpu-layers", help="LLM layers to offload (llama.cpp GPU build)."),
-        max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Official: 128."),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+        gpu_layers: int = typer.Option(0, "--gpu-layers", min=-1, help="LLM layers to offload (llama.cpp GPU build)."),
+        max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Official: 128."),
         no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of the bundle files."),
     ):
         """Answer every Inst-IT Bench question with the official prompts (greedy); resumable."""
@@ -81,6 +81,9 @@ def register(app: typer.Typer, console, out) -> None:
             meta = run_eval(bundle, bench, out_dir, split=split, fmt=fmt, llm=llm, vision=vision, backend=backend,
                             model=model, limit=limit, shard=shard, n_threads=threads, n_gpu_layers=gpu_layers,
                             max_new_tokens=max_new_tokens, verify=not no_verify, progress=tick)
+        except BaseException:
+            prog.live.transient = True  # the error line stays the only one
+            raise
         finally:
             if prog.live.is_started:
                 prog.stop()
@@ -115,9 +118,9 @@ def register(app: typer.Typer, console, out) -> None:
             None, "--judge-model", help="Judge model (openai; default gpt-4o-2024-08-06)."),
         judge_cache: Optional[Path] = typer.Option(
             None, "--judge-cache", help="Judge cache JSONL (default ~/.cache/instit_edge/judge_cache.jsonl)."),
-        kld_prompts: int = typer.Option(8, "--kld-prompts", help="Bench prompts for the KL divergence (0: skip)."),
+        kld_prompts: int = typer.Option(8, "--kld-prompts", min=0, help="Bench prompts for the KL divergence (0: skip)."),
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples."),
-        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the KLD sessions."),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the KLD sessions."),
     ):
         """Quantization accuracy report: scores, paired deltas with CIs, McNemar, flips, KLD, sizes, speeds."""
         from .report import report

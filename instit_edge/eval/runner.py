@@ -100,7 +100,9 @@ def check_identity(run_dir: Path, meta: dict) -> None:
         return
     try:
         old = json.loads(p.read_text(encoding="utf-8"))
-    except ValueError:
+    except (ValueError, OSError):
+        return
+    if not isinstance(old, dict):
         return
     diff = [k for k in IDENTITY if old.get(k) != meta.get(k)]
     if diff:
@@ -134,12 +136,12 @@ def run_eval(bundle, bench, out, *, split: str | None = None, fmt: str | None = 
 
     ``progress(done, total)`` is called before the first question and after each.
     """
-    from ..atomic import write_json
+    from ..atomic import check_writable, write_json
     from .backends import official_prompt, open_backend
 
     shard = shard if isinstance(shard, tuple) else parse_shard(shard)
+    out = check_writable(out)
     items = select_items(load_bench(bench, split, fmt), shard, limit)
-    out = Path(out)
     be = open_backend(backend, bundle, llm, vision, model, n_threads, n_gpu_layers, verify)
     meta = {"format_version": 1, **be.describe(), "bench": str(Path(bench).resolve()), "split": split,
             "format": fmt, "limit": limit, "shard": f"{shard[0]}/{shard[1]}", "max_new_tokens": max_new_tokens,

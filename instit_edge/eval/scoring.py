@@ -45,6 +45,17 @@ def check_records(records, source: str = "predictions") -> list[dict]:
         if not isinstance(r["model_prediction"], str) or not isinstance(r["ground_truth"], str):
             raise InstitError(f"{source}: item {n} ({r['question_id']}): "
                               "model_prediction and ground_truth must be text")
+        if isinstance(r["question_id"], (dict, list)) or r["question_id"] is None:
+            raise InstitError(f"{source}: item {n} has question_id {r['question_id']!r}; it must be text or a number")
+    if not records:
+        raise InstitError(f"{source}: no predictions in it (an empty list); nothing to score")
+    seen: dict[tuple, int] = {}
+    for n, r in enumerate(records, 1):
+        key = (r["split"], item_format(r), str(r["question_id"]))
+        if key in seen:
+            raise InstitError(f"{source}: question_id {r['question_id']} ({key[0]} {key[1]}) appears twice, as items "
+                              f"{seen[key]} and {n}; each question must be scored once")
+        seen[key] = n
     return records
 
 
@@ -61,6 +72,10 @@ def load_predictions_file(path) -> list[dict]:
         return check_records(read_predictions(p), str(p))
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise InstitError(f"cannot read {p}: {e.strerror or type(e).__name__}") from None
+    except RecursionError:
+        raise InstitError(f"{p}: not a predictions file (JSON nested too deeply)") from None
     except json.JSONDecodeError as e:
         raise InstitError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except UnicodeDecodeError:

@@ -37,6 +37,8 @@ def mark_video(input, out: Path | None = None, jsonl: Path | None = None, *, det
         raise InstitError("mark: give --out marked.mp4 and/or --json instances.jsonl")
     if max_frames is not None and max_frames < 1:
         raise InstitError(f"--max-frames must be at least 1 (got {max_frames})")
+    if fps is not None and not 0 < fps <= 1000:
+        raise InstitError(f"--fps must be a frame rate in (0, 1000] (got {fps})")
     if out is not None and Path(out).suffix.lower() not in (".mp4", ".m4v", ".mov"):
         raise InstitError(f"--out {out}: write an .mp4 file (the video is encoded with mp4v)")
     _guard_mark_outputs(input, out, jsonl, force)
@@ -143,7 +145,7 @@ def register(app: typer.Typer, console, out) -> None:
                                      help="motion | static | onnx:PATH | tflite:PATH | face | person | "
                                           "manual:x0,y0,x1,y1;x,y"),
         style: str = typer.Option("box+id", "--style", help="box+id | id | box | mask+id | contour+id | none"),
-        max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames."),
+        max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after N frames."),
         fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of a frame folder (default 10)."),
         force: bool = typer.Option(False, "--force", help="Replace existing output files (never the input)."),
     ):

@@ -25,9 +25,15 @@ def check_checkpoint(path: str | Path) -> dict:
     if not cfg_path.is_file():
         raise InstitError(f"{p} has no config.json: not a Hugging Face checkpoint")
     try:
-        cfg = json.loads(cfg_path.read_text())
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InstitError(f"{cfg_path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise InstitError(f"{cfg_path} is not UTF-8 text; restore the checkpoint's config.json") from None
+    except OSError as e:
+        raise InstitError(f"cannot read {cfg_path}: {e.strerror or type(e).__name__}") from None
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k, {}), dict) for k in ("text_config", "vision_config")):
+        raise InstitError(f"{cfg_path} is not a model config (expected an object with text_config / vision_config)")
     mt = cfg.get("model_type")
     if mt not in SUPPORTED_ARCHS:
         raise InstitError(f"unsupported architecture {mt!r} in {cfg_path}; supported: {', '.join(SUPPORTED_ARCHS)}")
@@ -42,7 +48,50 @@ def check_checkpoint(path: str | Path) -> dict:
         raise InstitError(f"{p} has no weight files (*.safetensors); the checkpoint is incomplete")
     if not (p / "tokenizer.json").is_file() and not (p / "tokenizer.model").is_file():
         raise InstitError(f"{p} has no tokenizer (tokenizer.json); the checkpoint is incomplete")
+    for w in weights:
+        if w.suffix == ".safetensors":
+            check_safetensors(w)
     return cfg
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Raise :class:`InstitError` naming ``path`` when it is not a complete safetensors file.
+
+    Reads only the header: its length, its JSON, and that the tensors' byte
+    ranges end exactly at the end of the file (a truncated download fails here,
+    before any long work).
+    """
+    p = Path(path)
+
+    def bad(what: str):
+        raise InstitError(f"{p} is truncated or corrupt ({what}); re-download or re-save the checkpoint")
+
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                bad("no header")
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, 100 << 20):
+                bad("header longer than the file")
+            header = json.loads(f.read(n).decode("utf-8"))
+    except OSError as e:
+        raise InstitError(f"cannot read {p}: {e.strerror or type(e).__name__}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        bad("unreadable header")
+    if not isinstance(header, dict):
+        bad("unreadable header")
+    end = 0
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = t.get("data_offsets") if isinstance(t, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            bad(f"tensor {name!r} has no byte range")
+        end = max(end, offsets[1])
+    if 8 + n + end != size:
+        bad(f"{size} bytes, the header describes {8 + n + end}")
 
 
 def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
@@ -56,4 +105,8 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
         model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=getattr(torch, dtype))
     except OSError as e:
         raise InstitError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+    except Exception as e:
+        if type(e).__module__.startswith("safetensors"):  # SafetensorError: a corrupt weight file
+            raise InstitError(f"cannot load checkpoint {path}: corrupt weights ({str(e).splitlines()[0]})") from None
+        raise
     return model.to(device).eval(), processor

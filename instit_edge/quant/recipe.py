@@ -62,6 +62,9 @@ def quantize_bundle(
         raise InstitError("nothing to do: give --llm TYPES and/or --vision TYPES")
     step = progress or (lambda name: None)
     b = Bundle.load(bundle_dir, verify=True)
+    from ..atomic import check_writable
+
+    check_writable(b.root, "bundle folder")  # new variants and bundle.json are written there
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="instit-calib-") as work:

@@ -20,22 +20,76 @@ from ..errors import InstitError
 
 
 # --------------------------------------------------------------------------- images
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of ``im``, whatever its mode.
+
+    - 16-bit and 32-bit integer greyscale (``I;16``, ``I;16B``, ``I``; a
+      16-bit PNG): scaled to 8 bits (``v * 255 / 65535``, rounded); PIL's own
+      ``convert`` clips at 255, which turns such an image all white. An ``I``
+      image whose values all fit in 0-255 is taken as 8-bit.
+    - ``F`` (float): values in 0-1 are scaled by 255, others clipped to 0-255.
+    - palette, CMYK, YCbCr, LAB, HSV, 1-bit, L / LA / RGBA / RGBa / PA: PIL's
+      ``convert("RGB")``, exactly what Hugging Face image processors do
+      (``convert_rgb``): the alpha channel is dropped, not composited, so a
+      transparent pixel shows its stored colour.
+    """
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I" or mode == "F":
+        arr = np.asarray(im)
+        if mode == "F":
+            arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+            if arr.size and arr.min() >= 0 and arr.max() <= 1.0:
+                arr = arr * 255.0
+            grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        else:
+            arr = arr.astype(np.int64)
+            if mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 255:
+                grey = arr.astype(np.uint8)
+            else:
+                grey = np.rint(np.clip(arr, 0, 65535) * (255 / 65535)).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "RGB":
+        return im.copy()
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # PIL warns when a palette image with transparency goes straight to RGB
+    return im.convert("RGB")
+
+
 def load_image(path_or_image) -> Image.Image:
-    """Open an image as RGB, with a one-line error for missing or unreadable files."""
+    """Open an image as 8-bit RGB, with a one-line error for missing or unreadable files.
+
+    Files: the EXIF orientation is applied first (``ImageOps.exif_transpose``,
+    as ``transformers.image_utils.load_image`` does), then :func:`to_rgb`
+    converts any mode (16-bit greyscale scaled to 8 bits, alpha dropped like
+    HF's ``convert_rgb``). Arrays: HxWx3 or HxWx4 uint8 (the 4th channel is
+    dropped).
+    """
+    from PIL import ImageOps
+
     if isinstance(path_or_image, Image.Image):
-        return path_or_image.convert("RGB")
+        return to_rgb(path_or_image)
     if isinstance(path_or_image, np.ndarray):
         arr = path_or_image
         if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
             raise InstitError(f"image array must be HxWx3 uint8 RGB, got shape {arr.shape} dtype {arr.dtype}")
-        return Image.fromarray(arr[..., :3])
+        return Image.fromarray(np.ascontiguousarray(arr[..., :3]))
     p = Path(path_or_image)
     if not p.is_file():
         raise InstitError(f"image not found: {p}")
     try:
         with Image.open(p) as im:
             im.load()
-            return im.convert("RGB")
+            try:
+                im = ImageOps.exif_transpose(im)
+            except Exception:  # a broken EXIF block: keep the pixels as stored
+                pass
+            return to_rgb(im)
+    except InstitError:
+        raise
+    except Image.DecompressionBombError:
+        raise InstitError(f"cannot read image {p}: it is too large (over PIL's decompression-bomb limit)") from None
+    except PermissionError:
+        raise InstitError(f"cannot read image {p}: permission denied") from None
     except Exception as e:  # PIL raises many types for corrupt files
         raise InstitError(f"cannot read image {p}: {type(e).__name__} (is it a valid PNG/JPEG?)") from None
 

@@ -43,10 +43,33 @@ def load_frames(source, max_frames: int = 32) -> list[np.ndarray]:
     return frames
 
 
+def open_capture(path):
+    """``cv2.VideoCapture(path)`` without FFmpeg's / OpenCV's own log lines for unreadable files.
+
+    Our caller reports an unreadable video as one line; FFmpeg's ``moov atom
+    not found`` and OpenCV's image-sequence fallback (``imread_ ... can't read
+    header``) would add lines of their own on stderr.
+    """
+    import os
+
+    import cv2
+
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when a capture opens
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    old = logging.getLogLevel() if logging is not None else None
+    if logging is not None:
+        logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.VideoCapture(str(path))
+    finally:
+        if logging is not None:
+            logging.setLogLevel(old)
+
+
 def _read_video_file(p: Path, max_frames: int) -> list[np.ndarray]:
     import cv2
 
-    cap = cv2.VideoCapture(str(p))
+    cap = open_capture(p)
     if not cap.isOpened():
         raise InstitError(f"cannot open video {p} (unreadable or unsupported codec)")
     frames = []

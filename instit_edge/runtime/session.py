@@ -43,6 +43,21 @@ def build_user_prompt(question: str, template: str, media: str | None, image_tok
     return render_chat(template, [("user", content)], add_generation_prompt=True)
 
 
+_QUESTION_SLOT = "\x00instit-edge-question\x00"
+
+
+def build_user_prompt_parts(question: str, template: str, media: str | None,
+                            image_token: str = "<image>") -> list[tuple[str, bool]]:
+    """:func:`build_user_prompt` as ``[(text, is_template), ...]``: the template's text around the question.
+
+    Tokenizers parse special tokens (``</s>``, ``<|im_end|>``, ``<image>``) only
+    in the template's parts; the question is always plain text, so a user who
+    types ``</s>`` or ``<image>`` gets those characters, not the tokens.
+    """
+    before, after = build_user_prompt(_QUESTION_SLOT, template, media, image_token).split(_QUESTION_SLOT)
+    return [(before, True), (question, False), (after, True)]
+
+
 def _user_part(question: str) -> str:
     """The question without the official pre-prompts, whose examples ("[8]", "<7>-<8>") are not references."""
     from .. import prompting as P
@@ -156,20 +171,26 @@ class EdgeSession:
 
     # ------------------------------------------------------------------ prompt
     def segments(self, question: str, rows: np.ndarray | None, key: str = "") -> list[Segment]:
+        from ..prompting import check_text
+
         p = self.prompt_cfg
-        text = build_user_prompt(question, p["template"], "image" if rows is not None else None, p["image_token"])
+        check_text(question)
+        parts = build_user_prompt_parts(question, p["template"], "image" if rows is not None else None,
+                                        p["image_token"])
         if rows is None:
-            return [Segment(tokens=self.llm.tokenize(text, add_bos=p["add_bos"]))]
-        before, after = text.split(p["image_token"], 1)
+            return [Segment(tokens=self.llm.tokenize_parts(parts, add_bos=p["add_bos"]))]
+        (head, _), *rest = parts  # the image placeholder is in the template's text before the question
+        before, after = head.split(p["image_token"], 1)
         return [
-            Segment(tokens=self.llm.tokenize(before, add_bos=p["add_bos"])),
+            Segment(tokens=self.llm.tokenize_parts([(before, True)], add_bos=p["add_bos"])),
             Segment(embd=rows, key=key),
-            Segment(tokens=self.llm.tokenize(after, add_bos=False)),
+            Segment(tokens=self.llm.tokenize_parts([(after, True), *rest], add_bos=False)),
         ]
 
     def prepare(self, question: str, image=None, video=None, valid_ids=None) -> tuple[list[Segment], dict]:
-        from ..prompting import validate_references
+        from ..prompting import check_text, validate_references
 
+        check_text(question)
         if not question or not question.strip():
             raise InstitError("the question is empty")
         if image is not None and video is not None:

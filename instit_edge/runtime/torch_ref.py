@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InstitError
 from .anyres import load_image
-from .session import Answer, build_user_prompt
+from .session import Answer
 
 
 @dataclass
@@ -39,31 +39,65 @@ class TorchSession:
         return cls(model, processor, template, video, device, {})
 
     # ------------------------------------------------------------------ inputs
+    def prompt_ids(self, question: str, media: str | None) -> list[int]:
+        """Token ids of the chat prompt, one ``<image>`` id for the media.
+
+        As in ``EdgeSession``: the template's special tokens are parsed in the
+        template's text only; the question is plain text even when it spells
+        ``</s>`` or ``<image>`` (HF's ``split_special_tokens``). Text between
+        special tokens is one run, so a plain question gets exactly the ids the
+        HF processor gives the whole prompt.
+        """
+        import re
+
+        from ..prompting import TEMPLATE_SPECIAL_TOKENS, check_text
+        from .session import build_user_prompt_parts
+
+        tok = self.processor.tokenizer
+        check_text(question)
+        added = tok.get_added_vocab()
+        specials = [s for s in TEMPLATE_SPECIAL_TOKENS if s in added]
+        pattern = re.compile("(" + "|".join(re.escape(s) for s in specials) + ")") if specials else None
+        runs: list = []
+        cur = ""
+        for text, is_template in build_user_prompt_parts(question, self.template, media):
+            if not is_template or pattern is None:
+                cur += text
+                continue
+            for i, piece in enumerate(pattern.split(text)):
+                if i % 2:
+                    runs += [cur, added[piece]]
+                    cur = ""
+                else:
+                    cur += piece
+        runs.append(cur)
+        ids = tok("", add_special_tokens=True)["input_ids"]  # BOS when the tokenizer adds one
+        for r in runs:
+            if isinstance(r, int):
+                ids.append(r)
+            elif r:
+                ids += tok(r, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return ids
+
     def _inputs(self, question: str, image=None, video=None):
         import torch
 
-        tok = self.processor.tokenizer
         media = "image" if (image is not None or video is not None) else None
-        text = build_user_prompt(question, self.template, media)
+        ids = torch.tensor([self.prompt_ids(question, media)], device=self.device)
+        with torch.no_grad():
+            embeds = self.model.get_input_embeddings()(ids)
         if image is not None:
             img = load_image(image)
-            inputs = self.processor(images=img, text=text, return_tensors="pt").to(self.device)
+            inputs = self.processor.image_processor(images=img, return_tensors="pt").to(self.device)
             with torch.no_grad():
-                embeds = self.model.get_input_embeddings()(inputs["input_ids"])
                 kw = {k: v for k, v in inputs.items() if k in ("pixel_values", "image_sizes")}
                 feats = self.model.get_image_features(**kw)
                 rows = feats.pooler_output if hasattr(feats, "pooler_output") else feats
                 rows = torch.cat(list(rows), 0) if isinstance(rows, (list, tuple)) else rows.reshape(-1, rows.shape[-1])
-            return self._splice(inputs["input_ids"], embeds, rows)
-        if video is not None:
-            rows = self.video_rows(video)
-            ids = tok(text.replace("<image>", "<image>"), return_tensors="pt")["input_ids"].to(self.device)
-            with torch.no_grad():
-                embeds = self.model.get_input_embeddings()(ids)
             return self._splice(ids, embeds, rows, expand=True)
-        ids = tok(text, return_tensors="pt")["input_ids"].to(self.device)
-        with torch.no_grad():
-            return ids, self.model.get_input_embeddings()(ids), 0
+        if video is not None:
+            return self._splice(ids, embeds, self.video_rows(video), expand=True)
+        return ids, embeds, 0
 
     def _splice(self, ids, embeds, rows, expand: bool = False):
         import torch
