@@ -121,3 +121,35 @@ def test_bad_training_input(world, tiny_models, tmp_path):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "frame" in errors[0]
+
+
+def test_two_process_training_matches_one_process_with_the_same_global_batch(world, tiny_models, tmp_path):
+    """Two CPU processes (torchrun, gloo; Accelerator sees MULTI_CPU) with batch 1 each == one process with batch 1
+    and grad_accum 2: the same samples per optimizer step and the same averaged gradient. Tolerance: 2e-3
+    relative on every step's loss (float reduction order and gloo's all-reduce differ; a wrong data split or a
+    missing gradient sync moves the curve by far more). `accelerate launch --cpu --num_processes 2` starts a
+    single process in accelerate 1.x (its CPU path is the simple launcher unless mpirun is used), so the
+    multi-process CPU run goes through torchrun, which accelerate supports as a launcher."""
+    import shutil
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    base = str(tiny_models("llava-next-llama-clip"))
+    common = ["--base", base, "--instit", str(world / "dataset"), "--lora", "4", "--freeze-vision-layers", "2",
+              "--max-steps", "6", "--lr", "2e-3", "--save-every", "100", "--seed", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    one = subprocess.run([sys.executable, "-m", "instit_edge.cli", "train", *common, "--batch-size", "1",
+                          "--grad-accum", "2", "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 400),
+                          "-m", "instit_edge.cli", "train", *common, "--batch-size", "1", "--grad-accum", "1",
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = json.loads((tmp_path / "one" / "losses.json").read_text())
+    b = json.loads((tmp_path / "two" / "losses.json").read_text())
+    assert len(a) == len(b) == 6
+    for x, y in zip(a, b):
+        assert abs(x - y) <= 2e-3 * max(abs(x), 1e-6), (a, b)
+    assert (tmp_path / "two" / "model" / "config.json").is_file()

@@ -158,8 +158,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # a sample without an image (or a video sample) leaves the image-only parameters without a gradient on
+    # that rank: DDP must be told, or it stops at the first such step
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
-                      mixed_precision="bf16" if torch.cuda.is_available() else "no", cpu=not torch.cuda.is_available())
+                      mixed_precision="bf16" if torch.cuda.is_available() else "no", cpu=not torch.cuda.is_available(),
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     model, processor = load_model(cfg.base)
     template = TEMPLATES[model.config.text_config.model_type]
     records = load_instit_dataset(cfg.instit)
@@ -176,7 +181,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     model.train()
     media = MediaEncoder(model.base_model.model if cfg.lora else model, processor)
 
-    per_step = cfg.batch_size * cfg.grad_accum
+    # one optimizer step takes a global batch: batch_size x grad_accum on each of the processes; rank r
+    # trains on its slice, so N processes with batch B equal one process with batch B and grad_accum N
+    per_step = cfg.batch_size * cfg.grad_accum * acc.num_processes
     steps_per_epoch = max(1, len(samples) // per_step)
     total = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -189,7 +196,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         return 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    model, opt, sched = acc.prepare(model, opt, sched)
+    # the scheduler stays outside accelerate: prepared, it steps num_processes times per optimizer step (it
+    # assumes a sharded dataloader); here it steps once per global batch, whatever the number of processes
+    model, opt = acc.prepare(model, opt)
 
     step, losses = 0, []
     ck = _latest_checkpoint(out)
@@ -227,6 +236,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             epoch, pos = divmod(step * per_step, len(samples) - len(samples) % per_step or len(samples))
             idx = order(epoch)
             batch_ids = [idx[(pos + k) % len(idx)] for k in range(per_step)]
+            local = cfg.batch_size * cfg.grad_accum
+            batch_ids = batch_ids[acc.process_index * local:(acc.process_index + 1) * local]
             step_loss = 0.0
             for micro in range(cfg.grad_accum):
                 ids = batch_ids[micro * cfg.batch_size:(micro + 1) * cfg.batch_size]
@@ -238,9 +249,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     if acc.sync_gradients:
                         acc.clip_grad_norm_(params, 1.0)
                     opt.step()
-                    sched.step()
                     opt.zero_grad()
                 step_loss += float(outp.loss.detach()) / cfg.grad_accum
+            sched.step()
+            if acc.num_processes > 1:  # the logged loss is the mean over the processes, as the gradient is
+                step_loss = float(acc.reduce(torch.tensor([step_loss], device=acc.device), reduction="mean")[0])
             step += 1
             ran += 1
             seen += per_step
