@@ -134,6 +134,25 @@ def test_shards_merge_to_the_full_run(runs, bench, qbundle, tmp_path):
         merge_runs([parts[0], runs["q4_k_m"]], tmp_path / "bad")
 
 
+def test_eval_under_torchrun_shards_by_rank_and_rank0_merges(runs, bench, qbundle, tmp_path):
+    """`torchrun --nproc_per_node 2 -m instit_edge.cli eval ...`: one command, two shards, one merged run that
+    equals the single-process run (predictions and submission files byte for byte)."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    out = tmp_path / "dist"
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(29100 + os.getpid() % 300),
+                        "-m", "instit_edge.cli", "eval", str(qbundle), "--bench", str(bench), "--llm", "f16",
+                        "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    shards = sorted(p.name for p in (out / "shards").iterdir())
+    assert shards == ["rank-0-of-2", "rank-1-of-2"]
+    assert all(_preds(out / "shards" / s) for s in shards)
+    assert sorted(_preds(out)) == sorted(_preds(runs["f16"]))
+    assert _submissions(out) == _submissions(runs["f16"])
+
+
 def test_limit_and_shard_options(bench):
     from instit_edge.data.bench import load_bench
     from instit_edge.eval.runner import parse_shard, select_items

@@ -77,10 +77,23 @@ def register(app: typer.Typer, console, out) -> None:
                 prog.start()
             prog.update(task, completed=done, total=total)
 
-        try:
-            meta = run_eval(bundle, bench, out_dir, split=split, fmt=fmt, llm=llm, vision=vision, backend=backend,
-                            model=model, limit=limit, shard=shard, n_threads=threads, n_gpu_layers=gpu_layers,
+        from .distributed import launcher_rank, run_ranked
+
+        def run(dest, this_shard):
+            return run_eval(bundle, bench, dest, split=split, fmt=fmt, llm=llm, vision=vision, backend=backend,
+                            model=model, limit=limit, shard=this_shard, n_threads=threads, n_gpu_layers=gpu_layers,
                             max_new_tokens=max_new_tokens, verify=not no_verify, progress=tick)
+
+        ranked = launcher_rank()
+        if ranked and shard:
+            raise InstitError("give --shard or start eval through torchrun / accelerate launch, not both")
+        try:
+            if ranked:  # torchrun / accelerate launch: this rank's shard; rank 0 merges them into --out
+                meta = run_ranked(run, out_dir, *ranked, n_gpu_layers=gpu_layers)
+                if ranked[0] != 0:
+                    return
+            else:
+                meta = run(out_dir, shard)
         except BaseException:
             prog.live.transient = True  # the error line stays the only one
             raise
