@@ -1,5 +1,6 @@
 # instit-edge — two commands set up a fresh machine:
-#   make demo   build the tiny default model + synthetic Inst-IT world, export a bundle, ask it questions
+#   make demo   export the embedded default model, quantize it, evaluate f16 vs quantized on a synthetic Inst-IT
+#               bench it never saw, write the quantization report, ask it two questions
 #   make test   run the test suite
 # Both create the virtual environment (.venv) first when it is missing.
 
@@ -9,6 +10,10 @@ CLI       := $(VENV)/bin/instit-edge
 # torch for export / GPTQ / tests only (the device runtime never imports torch). 2.14.1 is what gptqmodel needs.
 TORCH_SPEC ?= torch==2.14.1
 OUT       ?= out
+# the embedded default model (trained by `make train-default`) and the worlds the demo evaluates on
+DEFAULT_MODEL ?= models/default
+WORLD_SEED ?= 7
+CALIB_SEED ?= 11
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export TOKENIZERS_PARALLELISM := false
 
@@ -26,18 +31,20 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(CLI) doctor
-	$(CLI) tiny --out $(OUT)/tiny --force
-	$(CLI) synth --out $(OUT)/world --images 24 --videos 6 --force
-	$(CLI) export $(OUT)/tiny --out $(OUT)/bundle --llm-types f16,f32 --force
-	$(CLI) quantize $(OUT)/bundle --llm q8_0,q5_k_m,q4_k_m,iq4_xs --vision int8,int4,fp16 --gptq
+	$(CLI) synth --out $(OUT)/world --seed $(WORLD_SEED) --images 40 --videos 10 --force
+	$(CLI) synth --out $(OUT)/calib --seed $(CALIB_SEED) --images 12 --videos 4 --force
+	$(CLI) export $(DEFAULT_MODEL) --out $(OUT)/bundle --llm-types f16,f32 --force
+	$(CLI) quantize $(OUT)/bundle --llm q8_0,q4_k_m,iq4_xs --vision int8 --gptq --calib $(OUT)/calib/bench
 	$(CLI) ask $(OUT)/bundle --list
-	$(CLI) eval $(OUT)/bundle --bench $(OUT)/world/bench --llm f16 --limit 12 --out $(OUT)/runs/f16
-	$(CLI) eval $(OUT)/bundle --bench $(OUT)/world/bench --llm q4_k_m --vision int8 --limit 12 --out $(OUT)/runs/q4_k_m
-	$(CLI) eval $(OUT)/bundle --bench $(OUT)/world/bench --llm gptq --limit 12 --out $(OUT)/runs/gptq
+	$(CLI) eval $(OUT)/bundle --bench $(OUT)/world/bench --llm f16 --out $(OUT)/runs/f16
+	$(CLI) eval $(OUT)/bundle --bench $(OUT)/world/bench --llm q4_k_m --vision int8 --out $(OUT)/runs/q4_k_m
+	$(CLI) eval $(OUT)/bundle --bench $(OUT)/world/bench --llm gptq --out $(OUT)/runs/gptq
 	$(CLI) report $(OUT)/runs/f16 $(OUT)/runs/q4_k_m $(OUT)/runs/gptq --reference $(OUT)/runs/f16 --out $(OUT)/report
 	$(CLI) mark $(OUT)/world/bench/videos_vpt/001 --detector static --out $(OUT)/marked.mp4 --json $(OUT)/instances.jsonl --force
-	$(CLI) ask $(OUT)/bundle --image $(OUT)/world/bench/images_vpt/001.jpg -q "What is the colour of [1]?" --json --max-new-tokens 24
-	$(CLI) ask $(OUT)/bundle --video $(OUT)/world/bench/videos_vpt/001 -q "What changed for [1] between <1> and <2>?" --json --max-new-tokens 24
+	@echo "--- two questions a person can check: the picture is $(OUT)/world/bench/images_vpt/001.jpg"
+	@$(PY) -c "import json; i=json.load(open('$(OUT)/world/ground_truth.json'))['bench']['images']['001']['instances']['1']; print('ground truth: [1] is a', i['color'], i['shape'])"
+	$(CLI) ask $(OUT)/bundle --image $(OUT)/world/bench/images_vpt/001.jpg -q "What is the color of [1]?" --max-new-tokens 24
+	$(CLI) ask $(OUT)/bundle --image $(OUT)/world/bench/images_vpt/001.jpg -q "What is the shape of [1]?" --max-new-tokens 24
 
 test: setup
 	$(PY) -m pytest -q --junitxml=$(OUT)/junit.xml

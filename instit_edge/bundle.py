@@ -22,6 +22,18 @@ from .errors import InstitError
 
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
+# where `make demo` builds the default model's bundle; `ask` and `demo` use it when no bundle is given
+DEFAULT_BUNDLE = Path("out") / "bundle"
+
+
+def default_bundle(bundle: str | Path | None) -> Path:
+    """``bundle``, or the default bundle ``out/bundle`` when none is given and it exists."""
+    if bundle is not None:
+        return Path(bundle)
+    if (DEFAULT_BUNDLE / MANIFEST).is_file():
+        return DEFAULT_BUNDLE.absolute()
+    raise InstitError(f"give a bundle directory (no default bundle at {DEFAULT_BUNDLE}: `make demo` builds it "
+                      "from the embedded default model)")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -115,7 +115,9 @@ def synth(
     seed: int = typer.Option(0, help="World seed (same seed, same world)."),
     images: int = typer.Option(40, "--images", help="Number of still scenes."),
     videos: int = typer.Option(10, "--videos", help="Number of short videos."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="W,H for every scene (default: varied)."),
+    image_size: str = typer.Option("128,128", "--image-size",
+                                   help="W,H for every scene (default 128,128: what the embedded default model "
+                                        "reads), or 'varied' for mixed sizes and aspect ratios."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
 ):
     """Build a synthetic Inst-IT world: marked scenes and videos, a bench (JSON + parquet) and a training set."""
@@ -129,7 +131,7 @@ def synth(
     with Progress(console=console) as prog:
         task = prog.add_task("synth", total=world_units(images, videos))
         size = None
-        if image_size:
+        if image_size != "varied":
             try:
                 size = tuple(int(v) for v in image_size.split(","))
             except ValueError:
@@ -255,7 +257,7 @@ def train(
 # --------------------------------------------------------------------------- ask
 @app.command()
 def ask(
-    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    bundle: Optional[Path] = typer.Argument(None, help="Bundle directory (default: out/bundle, built by `make demo`)."),
     question: Optional[str] = typer.Option(None, "--question", "-q", help="The question, e.g. 'What is [2] holding?'"),
     image: Optional[Path] = typer.Option(None, "--image", help="An image (with marks drawn)."),
     video: Optional[Path] = typer.Option(None, "--video", help="A video file or a folder of frames."),
@@ -271,9 +273,9 @@ def ask(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip sha256 checks (faster start)."),
 ):
     """Answer a question about an image or a video from a bundle (llama.cpp + ONNX Runtime, no torch)."""
-    from .bundle import Bundle
+    from .bundle import Bundle, default_bundle
 
-    b = Bundle.load(bundle, verify=False)
+    b = Bundle.load(default_bundle(bundle), verify=False)
     if list_variants:
         _print_bundle(b)
         return

@@ -436,3 +436,29 @@ def test_dataset_malformed_and_missing(dataset_copy, tmp_path):
     _one_line_error(lambda: load_instit_dataset(tmp_path / "nope"), "nope", "not found")
     (tmp_path / "empty").mkdir()
     _one_line_error(lambda: load_instit_dataset(tmp_path / "empty"), "empty", "inst_it_dataset_image.json")
+
+
+def test_restyled_bench_keeps_questions_and_redraws_marks(tmp_path):
+    """The visual-prompt ablation: one seed in another mark style = the same questions, other pixels."""
+    import hashlib
+    import json
+
+    from instit_edge.data.synth import build_world, restyle_bench
+    from instit_edge.errors import InstitError
+
+    build_world(tmp_path / "w", seed=4, n_images=3, n_videos=1, image_size=(128, 128), n_train_images=1,
+                n_train_videos=1)
+    bench = tmp_path / "w" / "bench"
+    assert restyle_bench(bench, "mask+id", tmp_path / "same") == bench  # already in that style
+    other = restyle_bench(bench, "box", tmp_path / "box")
+    for name in ("image_multi_choices.json", "video_open_ended.json"):
+        assert json.loads((bench / name).read_text()) == json.loads((other / name).read_text())
+
+    def digest(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    assert digest(bench / "images_vpt" / "001.jpg") != digest(other / "images_vpt" / "001.jpg")
+    assert restyle_bench(bench, "box", tmp_path / "box") == other  # reused
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(InstitError, match="synthetic bench"):
+        restyle_bench(tmp_path / "plain", "box", tmp_path / "x")

@@ -291,8 +291,8 @@ def _at(inst: _Inst, t: int | None) -> tuple[float, float]:
 # --------------------------------------------------------------------------
 
 
-def _render(scene: _Scene, t: int | None):
-    """(marked RGB image, label map uint8, per-instance ground truth dict)."""
+def _render(scene: _Scene, t: int | None, style: str = "mask+id"):
+    """(marked RGB image, label map uint8, per-instance ground truth dict); marks drawn in ``style``."""
     from instit_edge.marker.render import Mark, draw_marks
 
     W, H = scene.width, scene.height
@@ -312,7 +312,7 @@ def _render(scene: _Scene, t: int | None):
             "box": [x, y, x + w, y + h], "center": [round(cx, 2), round(cy, 2)],
             "area": int(np.count_nonzero(mask)), "position": position_name(cx, cy, W, H),
         }
-    out, labels = draw_marks(img, marks, style="mask+id", return_labels=True)
+    out, labels = draw_marks(img, marks, style=style, return_labels=True)
     for lab in labels:
         gts[str(lab.id)]["label_rect"] = list(lab.rect)
         gts[str(lab.id)]["label_center"] = list(lab.center)
@@ -652,11 +652,11 @@ def world_units(n_images: int = 40, n_videos: int = 10, n_train_images=None, n_t
             + (n_videos if n_train_videos is None else n_train_videos))
 
 
-def _write_video(tmp: Path, folder: Path, part: str, sid: str, s) -> tuple[list[Path], dict]:
+def _write_video(tmp: Path, folder: Path, part: str, sid: str, s, style: str = "mask+id") -> tuple[list[Path], dict]:
     """Render, mark and save every frame of a video scene (and its masks); return frame paths and ground truth."""
     frames, fgt = [], []
     for t in range(1, s.n_frames + 1):
-        img, lm, gts = _render(s, t)
+        img, lm, gts = _render(s, t, style)
         name = f"frame_{t:03d}"
         _save(folder / f"{name}.jpg", img, lm, tmp / "masks" / part / "videos" / sid / f"{name}.png")
         frames.append(folder / f"{name}.jpg")
@@ -669,7 +669,7 @@ def _write_video(tmp: Path, folder: Path, part: str, sid: str, s) -> tuple[list[
 
 def build_world(out, seed: int = 0, n_images: int = 40, n_videos: int = 10, image_size=None,
                 progress=None, *, n_train_images: int | None = None, n_train_videos: int | None = None,
-                force: bool = False, return_records: bool = False):
+                force: bool = False, return_records: bool = False, mark_style: str = "mask+id"):
     """Write a synthetic Inst-IT world under ``out`` and return a summary dict.
 
     ``image_size``: ``(W, H)`` for every scene, or None for varied sizes.
@@ -678,12 +678,17 @@ def build_world(out, seed: int = 0, n_images: int = 40, n_videos: int = 10, imag
     training dataset (default: as many as the bench). ``force`` replaces an
     existing ``out`` (only after the new world is complete). With
     ``return_records`` returns ``(summary, bench_items, dataset_records)``.
+    ``mark_style``: how the marks are drawn (the scenes, questions and answers
+    do not depend on it, so one seed in several styles is a visual-prompt ablation).
     """
     from instit_edge.atomic import atomic_dir, guard_output, write_json
     from instit_edge.data.bench import write_bench_json, write_bench_parquet
     from instit_edge.data.dataset import write_instit_dataset
     from instit_edge.data.records import BenchItem, FrameCaption, ImageRecord, VideoRecord
+    from instit_edge.marker.render import STYLES
 
+    if mark_style not in STYLES:
+        raise InstitError(f"unknown mark style {mark_style!r}; choose one of {', '.join(STYLES)}")
     if n_images < 0 or n_videos < 0 or n_images + n_videos == 0:
         raise InstitError(f"synth: need at least one image or video (got {n_images} images, {n_videos} videos)")
     if image_size is not None and (len(image_size) != 2 or min(image_size) < 64):
@@ -699,7 +704,11 @@ def build_world(out, seed: int = 0, n_images: int = 40, n_videos: int = 10, imag
 
     with atomic_dir(out, force=force) as tmp:
         tmp = tmp.resolve()
-        gt: dict = {"seed": int(seed), "version": 1, "bench": {"images": {}, "videos": {}},
+        gt: dict = {"seed": int(seed), "version": 1, "mark_style": mark_style,
+                    "params": {"n_images": n_images, "n_videos": n_videos, "n_train_images": n_train_images,
+                               "n_train_videos": n_train_videos,
+                               "image_size": list(image_size) if image_size else None},
+                    "bench": {"images": {}, "videos": {}},
                     "dataset": {"images": {}, "videos": {}}}
         image_qs: list[tuple[_Scene, Path, list[_Q]]] = []
         video_qs: list[tuple[_Scene, Path, list[Path], list[_Q]]] = []
@@ -709,7 +718,7 @@ def build_world(out, seed: int = 0, n_images: int = 40, n_videos: int = 10, imag
             rng = _scene_rng(seed, 0, k)
             sid = f"{k + 1:0{width}d}"
             s = _image_scene(rng, sid, image_size)
-            img, lm, gts = _render(s, None)
+            img, lm, gts = _render(s, None, mark_style)
             path = tmp / "bench" / "images_vpt" / f"{sid}.jpg"
             mpath = tmp / "masks" / "bench" / "images" / f"{sid}.png"
             _save(path, img, lm, mpath)
@@ -723,7 +732,7 @@ def build_world(out, seed: int = 0, n_images: int = 40, n_videos: int = 10, imag
             sid = f"{k + 1:0{width}d}"
             s = _video_scene(rng, sid, image_size)
             folder = tmp / "bench" / "videos_vpt" / sid
-            frames, gt["bench"]["videos"][sid] = _write_video(tmp, folder, "bench", sid, s)
+            frames, gt["bench"]["videos"][sid] = _write_video(tmp, folder, "bench", sid, s, mark_style)
             video_qs.append((s, folder, frames, _video_questions(rng, s)))
             tick(1)
 
@@ -758,7 +767,7 @@ def build_world(out, seed: int = 0, n_images: int = 40, n_videos: int = 10, imag
             rng = _scene_rng(seed, 2, k)
             sid = f"{k + 1:0{width}d}"
             s = _image_scene(rng, sid, image_size)
-            img, lm, gts = _render(s, None)
+            img, lm, gts = _render(s, None, mark_style)
             path = tmp / "dataset" / "images" / f"{sid}.jpg"
             _save(path, img, lm, tmp / "masks" / "dataset" / "images" / f"{sid}.png")
             inst_caps, caption = _image_captions(s)
@@ -772,7 +781,7 @@ def build_world(out, seed: int = 0, n_images: int = 40, n_videos: int = 10, imag
             sid = f"{k + 1:0{width}d}"
             s = _video_scene(rng, sid, image_size)
             folder = tmp / "dataset" / "videos" / sid
-            frames, gt["dataset"]["videos"][sid] = _write_video(tmp, folder, "dataset", sid, s)
+            frames, gt["dataset"]["videos"][sid] = _write_video(tmp, folder, "dataset", sid, s, mark_style)
             fcaps = []
             for t, f in enumerate(frames, 1):
                 inst_caps, caption = _image_captions(s, t, what="frame")
@@ -815,3 +824,41 @@ def build_world(out, seed: int = 0, n_images: int = 40, n_videos: int = 10, imag
         else:
             rec.video_path = move(rec.video_path)
     return summary, items, records
+
+
+def restyle_bench(bench: str | Path, style: str, dest: str | Path) -> Path:
+    """The same synthetic bench with its marks drawn in ``style``: its world re-rendered from the seed.
+
+    ``bench`` must be the ``bench/`` folder of a world written by :func:`build_world` (its
+    ``ground_truth.json`` holds the seed and the generation parameters). The questions and answers are
+    checked to be identical to the original's, so runs on both are paired question by question.
+    Returns the new ``bench/`` folder (``dest/bench``); an existing complete copy is reused.
+    """
+    import json
+
+    bench = Path(bench)
+    world = bench.parent
+    gt_path = world / "ground_truth.json"
+    if not gt_path.is_file():
+        raise InstitError(f"--mark-style needs a synthetic bench (made by `instit-edge synth`): {gt_path} not found")
+    try:
+        gt = json.loads(gt_path.read_text(encoding="utf-8"))
+        params, seed = gt["params"], int(gt["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InstitError(f"{gt_path} has no generation parameters (a world from an older instit-edge?); "
+                          "rebuild it with `instit-edge synth`") from None
+    if gt.get("mark_style", "mask+id") == style:
+        return bench
+    dest = Path(dest)
+    if not (dest / "ground_truth.json").is_file():
+        size = params.get("image_size")
+        build_world(dest, seed=seed, n_images=params["n_images"], n_videos=params["n_videos"],
+                    image_size=tuple(size) if size else None, n_train_images=params["n_train_images"],
+                    n_train_videos=params["n_train_videos"], mark_style=style, force=True)
+    for name in ("image_multi_choices.json", "image_open_ended.json", "video_multi_choices.json",
+                 "video_open_ended.json"):
+        a, b = bench / name, dest / "bench" / name
+        if a.is_file() and (not b.is_file() or json.loads(a.read_text()) != json.loads(b.read_text())):
+            raise InstitError(f"re-rendering {bench} in style {style!r} did not reproduce {name} (the bench was "
+                              "edited, or made by another instit-edge version); rebuild it with `instit-edge synth`")
+    return dest / "bench"

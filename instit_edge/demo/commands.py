@@ -28,7 +28,8 @@ def register(app: typer.Typer, console, out) -> None:
 
     @app.command()
     def demo(
-        bundle: Path = typer.Argument(..., help="Bundle directory (from `instit-edge export`)."),
+        bundle: Optional[Path] = typer.Argument(
+            None, help="Bundle directory (from `instit-edge export`; default: out/bundle, built by `make demo`)."),
         llm: str = typer.Option("f16", "--llm", help="LLM variant to start with (switchable in the UI)."),
         vision: str = typer.Option("fp32", "--vision", help="Vision variant to start with (switchable in the UI)."),
         detector: str = typer.Option("motion", "--detector",
@@ -61,8 +62,10 @@ def register(app: typer.Typer, console, out) -> None:
         credentials = parse_auth(auth)
         if importlib.util.find_spec("gradio") is None:
             raise InstitError("the demo needs gradio: pip install 'instit-edge[demo]'")
+        from instit_edge.bundle import default_bundle
         from instit_edge.demo.engine import DemoEngine
 
+        bundle = default_bundle(bundle)
         with console.status(f"loading {bundle} (llm {llm}, vision {vision})"):
             engine = DemoEngine(bundle, llm=llm, vision=vision, detector=detector, keyframes=keyframes,
                                 keyframe_interval=keyframe_interval, max_side=max_side, n_threads=threads,

@@ -50,6 +50,9 @@ def register(app: typer.Typer, console, out) -> None:
         gpu_layers: int = typer.Option(0, "--gpu-layers", min=-1, help="LLM layers to offload (llama.cpp GPU build)."),
         max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Official: 128."),
         no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of the bundle files."),
+        mark_style: Optional[str] = typer.Option(
+            None, "--mark-style", help="Synthetic bench only: redraw its marks as id | box | box+id | mask+id | "
+                                       "contour+id | none (same questions and answers; the visual-prompt ablation)."),
     ):
         """Answer every Inst-IT Bench question with the official prompts (greedy); resumable."""
         from rich.progress import (
@@ -78,6 +81,14 @@ def register(app: typer.Typer, console, out) -> None:
             prog.update(task, completed=done, total=total)
 
         from .distributed import launcher_rank, run_ranked
+
+        if mark_style is not None:
+            from ..data.synth import restyle_bench
+            from ..marker.render import STYLES
+
+            _check_choice(mark_style, STYLES, "--mark-style")
+            with console.status(f"redrawing the bench's marks as {mark_style}"):
+                bench = restyle_bench(bench, mark_style, Path(out_dir) / f"world-{mark_style.replace('+', '-')}")
 
         def run(dest, this_shard):
             return run_eval(bundle, bench, dest, split=split, fmt=fmt, llm=llm, vision=vision, backend=backend,
