@@ -43,8 +43,8 @@ demo: setup
 	$(CLI) mark $(OUT)/world/bench/videos_vpt/001 --detector static --out $(OUT)/marked.mp4 --json $(OUT)/instances.jsonl --force
 	@echo "--- two questions a person can check: the picture is $(OUT)/world/bench/images_vpt/001.jpg"
 	@$(PY) -c "import json; i=json.load(open('$(OUT)/world/ground_truth.json'))['bench']['images']['001']['instances']['1']; print('ground truth: [1] is a', i['color'], i['shape'])"
-	$(CLI) ask $(OUT)/bundle --image $(OUT)/world/bench/images_vpt/001.jpg -q "What is the color of [1]?" --max-new-tokens 24
-	$(CLI) ask $(OUT)/bundle --image $(OUT)/world/bench/images_vpt/001.jpg -q "What is the shape of [1]?" --max-new-tokens 24
+	$(CLI) ask $(OUT)/bundle --image $(OUT)/world/bench/images_vpt/001.jpg -q "What is the color of [1]?" --oe --max-new-tokens 24
+	$(CLI) ask $(OUT)/bundle --image $(OUT)/world/bench/images_vpt/001.jpg -q "What is the shape of [1]?" --oe --max-new-tokens 24
 
 test: setup
 	$(PY) -m pytest -q --junitxml=$(OUT)/junit.xml

@@ -270,6 +270,8 @@ def ask(
                                    help="LLM layers to offload to a GPU (llama.cpp GPU build; -1: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print the answer with timings as JSON."),
     list_variants: bool = typer.Option(False, "--list", help="List the bundle's variants and exit."),
+    oe: bool = typer.Option(False, "--oe", help="Wrap the question in the official Inst-IT Bench open-ended prompt "
+                                                "(the form the embedded default model was trained on)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip sha256 checks (faster start)."),
 ):
     """Answer a question about an image or a video from a bundle (llama.cpp + ONNX Runtime, no torch)."""
@@ -284,6 +286,11 @@ def ask(
     if image is None and video is None:
         raise InstitError("give --image PATH or --video PATH_OR_FRAME_DIR")
     from .runtime.session import EdgeSession
+
+    if oe:
+        from .prompting import build_oe_prompt
+
+        question = build_oe_prompt(question, split="video" if video is not None else "image")
 
     s = EdgeSession.load(b, llm=llm, vision=vision, n_threads=threads, n_gpu_layers=gpu_layers, verify=not no_verify)
     pieces = []
