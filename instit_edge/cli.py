@@ -64,11 +64,13 @@ def _steps(total: int, description: str):
 
 # --------------------------------------------------------------------------- doctor
 @app.command()
-def doctor():
+def doctor(
+    out_dir: Path = typer.Option(Path("out"), "--out", help="Where outputs will go (write access, free disk)."),
+):
     """Report versions and capabilities; exit 1 when a required piece is missing (and say how to fix it)."""
     from .doctor import run_doctor
 
-    rows, missing = run_doctor()
+    rows, missing = run_doctor(out_dir)
     from rich.table import Table
 
     t = Table(title="instit-edge doctor")

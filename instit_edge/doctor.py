@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import platform
 import shutil
+from pathlib import Path
 
 
 def _version(mod: str) -> str | None:
@@ -16,7 +17,65 @@ def _version(mod: str) -> str | None:
         return None
 
 
-def run_doctor() -> tuple[list[tuple[str, bool | None, str]], list[str]]:
+def opencv_wheels() -> list[str]:
+    """The installed distributions that provide the ``cv2`` package (more than one collide in one folder)."""
+    from importlib.metadata import distributions
+
+    found = []
+    for d in distributions():
+        name = (d.metadata["Name"] or "").lower()
+        if name.startswith("opencv") and any(str(f).startswith("cv2/") for f in (d.files or [])):
+            found.append(f"{name} {d.version}")
+    return sorted(set(found))
+
+
+BUNDLE_DISK_BYTES = 1 << 30  # a tiny bundle is a few MB, the edge preset's ~2 GB: warn below 1 GiB
+
+
+def _environment_rows(out_dir: Path) -> tuple[list, list[str]]:
+    """Write access and free disk where outputs go, compilers for a first llama-cpp-python build, the CPU."""
+    import os
+
+    rows, missing = [], []
+    probe = out_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if os.access(probe, os.W_OK | os.X_OK):
+        free = shutil.disk_usage(probe).free
+        ok = free >= BUNDLE_DISK_BYTES
+        rows.append(("output folder", True if ok else False,
+                     f"{out_dir} writable; {free / 2**30:.1f} GiB free" + ("" if ok else " (a bundle needs ~1 GiB)")))
+        if not ok:
+            missing.append(f"free disk: only {free / 2**30:.2f} GiB free under {probe}; free some space or use --out")
+    else:
+        rows.append(("output folder", False, f"{probe} is not writable"))
+        missing.append(f"write access: cannot write to {probe}; run from a folder you own or pass --out")
+    tools = {t: shutil.which(t) for t in ("cc", "c++", "cmake")}
+    have = [t for t, p in tools.items() if p]
+    rows.append(("compilers", True if len(have) == 3 else None,
+                 ", ".join(have) + ("" if len(have) == 3 else
+                                    f"; missing {', '.join(t for t in tools if not tools[t])}: a first "
+                                    "llama-cpp-python install compiles llama.cpp (`apt-get install build-essential "
+                                    "cmake`)")))
+    try:
+        from .runtime.llm_llamacpp import cpu_has_amx, weight_repacking
+
+        cpu = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        rows.append(("cpu", True, f"{cpu}, {os.cpu_count()} cores; AMX: {'yes' if cpu_has_amx() else 'no'}; "
+                                  f"llama.cpp weight repacking: {'on' if weight_repacking() else 'off'}"))
+    except Exception:  # the runtime import needs nothing heavy, but doctor must never crash
+        pass
+    return rows, missing
+
+
+def run_doctor(out_dir: str | Path = "out") -> tuple[list[tuple[str, bool | None, str]], list[str]]:
     """Rows of (component, ok / None = optional and absent, detail) and the list of required misses."""
     rows: list[tuple[str, bool | None, str]] = []
     missing: list[str] = []
@@ -48,7 +107,21 @@ def run_doctor() -> tuple[list[tuple[str, bool | None, str]], list[str]]:
         rows.append(("onnxruntime", False, str(e).splitlines()[0]))
         missing.append("onnxruntime: `pip install onnxruntime` (or onnxruntime-gpu on CUDA devices)")
 
-    for mod, pkg in (("numpy", "numpy"), ("cv2", "opencv-contrib-python-headless"), ("PIL", "pillow")):
+    wheels = opencv_wheels()
+    try:
+        import cv2
+
+        ok = len(wheels) <= 1
+        rows.append(("opencv", ok, f"cv2 {cv2.__version__} from {', '.join(wheels) or 'an unknown install'}"
+                     + ("" if ok else " (several wheels share one cv2/ folder)")))
+        if not ok:
+            missing.append(f"opencv: {len(wheels)} wheels provide cv2 ({', '.join(wheels)}); keep only "
+                           "opencv-contrib-python (mediapipe's): pip uninstall the others, then "
+                           "pip install --force-reinstall opencv-contrib-python")
+    except Exception as e:
+        rows.append(("opencv", False, str(e).splitlines()[0]))
+        missing.append("opencv: `pip install opencv-contrib-python` (and `apt-get install libgl1` for libGL.so.1)")
+    for mod, pkg in (("numpy", "numpy"), ("PIL", "pillow")):
         try:
             m = importlib.import_module(mod)
             rows.append((pkg, True, getattr(m, "__version__", "")))
@@ -67,6 +140,9 @@ def run_doctor() -> tuple[list[tuple[str, bool | None, str]], list[str]]:
     for pkg in ("transformers", "gguf", "onnx", "gptqmodel", "gradio", "mediapipe", "peft"):
         v = _version(pkg)
         rows.append((pkg, True if v else None, v or "not installed (optional)"))
+    env_rows, env_missing = _environment_rows(Path(out_dir))
+    rows += env_rows
+    missing += env_missing
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     rows.append(("chromium", True if chromium else None,
                  chromium or "not found: browser tests need it (`apt-get install chromium`)"))

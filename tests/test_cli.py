@@ -93,3 +93,19 @@ def test_doctor_reports_runtime():
     r = run("doctor")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "llama.cpp" in r.stdout and "onnxruntime" in r.stdout and "mtmd" in r.stdout
+
+
+def test_doctor_names_the_opencv_wheel_and_checks_the_output_folder(tmp_path):
+    from instit_edge.doctor import opencv_wheels, run_doctor
+
+    wheels = opencv_wheels()
+    assert len(wheels) == 1 and wheels[0].startswith("opencv-contrib-python "), wheels
+    rows, missing = run_doctor(tmp_path / "out")
+    detail = {r[0]: r[2] for r in rows}
+    assert wheels[0] in detail["opencv"]
+    assert "writable" in detail["output folder"] and "GiB free" in detail["output folder"]
+    assert "AMX" in detail["cpu"] and not missing
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # a regular file where the output folder's parent should be: nothing can be made there
+    _, missing = run_doctor(blocker / "out")
+    assert any(m.startswith("write access") for m in missing)
