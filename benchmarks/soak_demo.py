@@ -1,0 +1,162 @@
+"""Soak benchmark of the webcam demo engine (not a test): does a long session leak, slow down or stall?
+
+Drives :class:`instit_edge.demo.engine.DemoEngine` (what the Gradio app calls)
+from N viewer threads at once, each playing recorded 640x480 frames at a fixed
+rate through its own marker view and asking a question every few seconds
+(``[ID]`` questions about the current frame and ``<t>`` questions over the
+keyframes), for a fixed duration. Every ``--sample`` seconds it records the
+process RSS, the marked frames per second of each viewer and the answer
+latencies of that window. The report (JSON + a PNG of the three series over
+time) gives the RSS growth after warm-up (target < 5 %), frames per second and
+latency percentiles, first window against last.
+
+    python benchmarks/soak_demo.py                                   # out/bundle, 4 viewers, 10 minutes
+    python benchmarks/soak_demo.py --viewers 4 --minutes 10 --out out/bench/soak
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_demo import ensure_bundle, recorded_frames  # noqa: E402
+
+from instit_edge.demo.engine import DemoEngine  # noqa: E402
+
+QUESTIONS = ("What is [1] doing?", "What is the color of [2]?", "What changed for [1] between <1> and <2>?",
+             "Where is [3] located in the image?")
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def viewer(engine, frames, stop, fps: float, ask_every: float, k: int, log: list, lock: threading.Lock) -> None:
+    view = engine.new_view()
+    period, next_q, i, q = 1.0 / fps, time.monotonic() + ask_every * (0.5 + 0.25 * k), 0, k
+    while not stop.is_set():
+        t = time.monotonic()
+        engine.process(view, frames[i % len(frames)])
+        i += 1
+        with lock:
+            log.append(("frame", k, time.monotonic(), None))
+        if time.monotonic() >= next_q:
+            t0 = time.perf_counter()
+            reply = engine.ask(view, QUESTIONS[q % len(QUESTIONS)])
+            answered = engine.last.answered
+            with lock:
+                log.append(("answer", k, time.monotonic(), (time.perf_counter() - t0) * 1e3 if answered else None))
+                if not answered:
+                    log.append(("reply", k, time.monotonic(), reply[:80]))
+            q += 1
+            next_q = time.monotonic() + ask_every
+        time.sleep(max(0.0, period - (time.monotonic() - t)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, default=Path("out/bundle"))
+    ap.add_argument("--llm", default="q4_k_m")
+    ap.add_argument("--vision", default="int8")
+    ap.add_argument("--viewers", type=int, default=4)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--fps", type=float, default=10.0, help="Frames per second each viewer sends.")
+    ap.add_argument("--ask-every", type=float, default=4.0, help="Seconds between questions of one viewer.")
+    ap.add_argument("--sample", type=float, default=15.0, help="Seconds per reported window.")
+    ap.add_argument("--warmup", type=float, default=60.0, help="Seconds before the RSS baseline is taken.")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("out/bench/soak"))
+    a = ap.parse_args()
+
+    bundle = ensure_bundle(a.bundle)
+    variants = json.loads((bundle / "bundle.json").read_text())["files"]
+    llm = a.llm if a.llm in variants.get("llm", {}) else "f16"
+    vision = a.vision if a.vision in variants.get("vision", {}) else "fp32"
+    engine = DemoEngine(bundle, llm=llm, vision=vision, detector="motion", n_threads=a.threads, max_new_tokens=24)
+    frames = recorded_frames(240)
+    stop, lock, log = threading.Event(), threading.Lock(), []
+    workers = [threading.Thread(target=viewer, args=(engine, frames, stop, a.fps, a.ask_every, k, log, lock),
+                                daemon=True) for k in range(a.viewers)]
+    t_start = time.monotonic()
+    for w in workers:
+        w.start()
+    samples = []
+    end = t_start + a.minutes * 60
+    seen = 0
+    while time.monotonic() < end:
+        time.sleep(min(a.sample, max(0.0, end - time.monotonic())))
+        now = time.monotonic()
+        with lock:
+            window = log[seen:]
+            seen = len(log)
+        frames_n = sum(1 for e in window if e[0] == "frame")
+        lat = [e[3] for e in window if e[0] == "answer" and e[3] is not None]
+        prev = samples[-1]["t"] if samples else 0.0
+        span = (now - t_start) - prev
+        samples.append({"t": round(now - t_start, 1), "rss_mb": round(rss_mb(), 1),
+                        "fps_per_viewer": round(frames_n / span / a.viewers, 2) if span > 0 else None,
+                        "answers": len(lat), "latency_ms_p50": round(float(np.median(lat)), 1) if lat else None,
+                        "latency_ms_max": round(max(lat), 1) if lat else None})
+        s = samples[-1]
+        print(f"t={s['t']:7.1f}s rss={s['rss_mb']:8.1f} MB fps/viewer={s['fps_per_viewer']} "
+              f"answers={s['answers']} p50={s['latency_ms_p50']} ms", flush=True)
+    stop.set()
+    for w in workers:
+        w.join(timeout=30)
+    engine.close()
+
+    warm = [s for s in samples if s["t"] >= a.warmup] or samples
+    base, last = warm[0]["rss_mb"], samples[-1]["rss_mb"]
+    unanswered = [e[3] for e in log if e[0] == "reply"]
+    lat_all = [e[3] for e in log if e[0] == "answer" and e[3] is not None]
+    report = {"bundle": str(bundle), "llm": llm, "vision": vision, "viewers": a.viewers, "minutes": a.minutes,
+              "fps_sent_per_viewer": a.fps, "ask_every_s": a.ask_every, "threads": a.threads,
+              "rss_after_warmup_mb": base, "rss_end_mb": last,
+              "rss_growth_after_warmup_pct": round(100 * (last - base) / base, 2),
+              "rss_target_pct": 5.0, "rss_verdict": "PASS" if (last - base) / base < 0.05 else "MISS",
+              "answers": len(lat_all), "not_answered": len(unanswered), "not_answered_examples": unanswered[:5],
+              "latency_ms_p50": round(float(np.median(lat_all)), 1) if lat_all else None,
+              "latency_ms_p95": round(float(np.percentile(lat_all, 95)), 1) if lat_all else None,
+              "fps_first_window": samples[0]["fps_per_viewer"], "fps_last_window": samples[-1]["fps_per_viewer"],
+              "samples": samples}
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "soak.json").write_text(json.dumps(report, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        t = [s["t"] / 60 for s in samples]
+        fig, ax = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
+        ax[0].plot(t, [s["rss_mb"] for s in samples])
+        ax[0].set_ylabel("RSS MB")
+        ax[0].axvline(a.warmup / 60, ls=":", c="grey")
+        ax[1].plot(t, [s["fps_per_viewer"] for s in samples])
+        ax[1].set_ylabel("fps / viewer")
+        ax[2].plot(t, [s["latency_ms_p50"] for s in samples], label="p50")
+        ax[2].plot(t, [s["latency_ms_max"] for s in samples], label="max")
+        ax[2].set_ylabel("answer ms")
+        ax[2].set_xlabel("minutes")
+        ax[2].legend()
+        fig.suptitle(f"demo soak: {a.viewers} viewers, {llm} + {vision}")
+        fig.tight_layout()
+        fig.savefig(a.out / "soak.png", dpi=100)
+    except ImportError:
+        pass
+    print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
