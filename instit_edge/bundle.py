@@ -119,6 +119,8 @@ def check_manifest(manifest, mpath) -> None:
     stop = prompt.get("stop", [])
     if not (isinstance(stop, list) and all(isinstance(x, str) for x in stop)):
         bad(f"prompt.stop must be a list of strings, got {stop!r}")
+    if prompt.get("question_format", "raw") not in ("raw", "official_oe"):
+        bad(f"prompt.question_format must be raw or official_oe, got {prompt.get('question_format')!r}")
     mnt = prompt.get("max_new_tokens", 128)
     if not _is_int(mnt) or mnt < 1:
         bad(f"prompt.max_new_tokens must be a positive integer, got {mnt!r}")

@@ -150,3 +150,31 @@ def test_export_refusals(tiny_models, tmp_path):
         export_bundle(str(ck), tmp_path / "out")
     with pytest.raises(InstitError, match="not found"):
         export_bundle(str(tmp_path / "nowhere" / "model"), tmp_path / "out")
+
+
+def test_question_format_official_oe_wraps_plain_questions(bundle_copy):
+    """A bundle whose model was trained on the official OE prompt (the default model) gets plain questions
+    wrapped in it; official prompts pass unchanged; raw bundles never wrap."""
+    from instit_edge.prompting import build_oe_prompt
+    from instit_edge.runtime.session import EdgeSession
+
+    m = json.loads((bundle_copy / "bundle.json").read_text())
+    assert m["prompt"]["question_format"] == "raw"
+    s = EdgeSession.load(bundle_copy, verify=False)
+    assert s.wrap_question("What is [1]?") == "What is [1]?"
+    m["prompt"]["question_format"] = "official_oe"
+    (bundle_copy / "bundle.json").write_text(json.dumps(m))
+    s = EdgeSession.load(bundle_copy, verify=False)
+    wrapped = build_oe_prompt("What is [1]?", split="image")
+    assert s.wrap_question("What is [1]?") == wrapped
+    assert s.wrap_question(wrapped) == wrapped
+    assert s.wrap_question("What changed for [1] between <1> and <2>?", video=True) == \
+        build_oe_prompt("What changed for [1] between <1> and <2>?", split="video")
+    img = Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 70, 3), dtype=np.uint8))
+    a = s.ask("What is [1]?", image=img, max_new_tokens=4)
+    b = s.ask(wrapped, image=img, max_new_tokens=4)
+    assert a.text == b.text and s.last_stats["prompt_tokens"] > 100
+    m["prompt"]["question_format"] = "sometimes"
+    (bundle_copy / "bundle.json").write_text(json.dumps(m))
+    with pytest.raises(InstitError, match="question_format"):
+        Bundle.load(bundle_copy, verify=False)

@@ -120,6 +120,9 @@ def export_bundle(
                 "add_bos": bool(add_bos),
                 "stop": stop_strings(template),
                 "max_new_tokens": 128,
+                # "official_oe": the model was trained on questions inside the official Inst-IT Bench
+                # open-ended prompt (the embedded default model); the runtime wraps plain questions in it
+                "question_format": str(getattr(cfg, "instit_question_format", None) or "raw"),
             },
             "files": b.manifest.get("files", {}),
             "quant_recipes": {},

@@ -170,6 +170,16 @@ class EdgeSession:
         return np.concatenate(rows, 0), key, len(frames)
 
     # ------------------------------------------------------------------ prompt
+    def wrap_question(self, question: str, video: bool = False) -> str:
+        """The question in the form the model was trained on: bundles whose manifest says
+        ``prompt.question_format = "official_oe"`` get plain questions inside the official open-ended prompt
+        (an official MC / OE prompt is left as it is)."""
+        from .. import prompting as P
+
+        if self.prompt_cfg.get("question_format", "raw") != "official_oe" or _user_part(question) != question:
+            return question
+        return P.build_oe_prompt(question, split="video" if video else "image")
+
     def segments(self, question: str, rows: np.ndarray | None, key: str = "") -> list[Segment]:
         from ..prompting import check_text
 
@@ -203,6 +213,7 @@ class EdgeSession:
         elif video is not None:
             rows, key, n_frames = self.video_embeddings(video)
         validate_references(_user_part(question), valid_ids=valid_ids, n_frames=n_frames)
+        question = self.wrap_question(question, video=video is not None)
         vision_s = time.perf_counter() - t0
         return self.segments(question, rows, key), {"vision_ms": round(vision_s * 1000, 3),
                                                      "image_rows": 0 if rows is None else len(rows),

@@ -140,7 +140,9 @@ def build_segments(session, turns: list[Turn], media: list[list[np.ndarray]]):
         if block is None:
             return session.segments(turns[0].text, None), None
         rows, key, n_frames = block
-        return session.segments(turns[0].text, rows, key), n_frames
+        text = session.wrap_question(turns[0].text, video=n_frames is not None) if hasattr(session, "wrap_question") \
+            else turns[0].text
+        return session.segments(text, rows, key), n_frames
 
     p = session.prompt_cfg
     tok = p["image_token"]

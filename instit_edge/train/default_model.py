@@ -412,6 +412,38 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
     return card
 
 
+def plot_training(work: str | Path, png: str | Path) -> Path:
+    """Loss (stage 2, smoothed) and held-out MC letter accuracy against the step, from the work folder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    st = torch.load(Path(work) / "vlm-state.pt", weights_only=False)
+    losses, curve = np.asarray(st["losses"], float), st["curve"]
+    k = 25
+    smooth = np.convolve(losses, np.ones(k) / k, mode="valid") if len(losses) > k else losses
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].plot(np.arange(1, len(losses) + 1), losses, alpha=0.25, lw=0.6, label="step")
+    ax[0].plot(np.arange(k, k + len(smooth)), smooth, label=f"mean of {k}")
+    ax[0].set(xlabel="optimizer step (16 samples)", ylabel="answer-token loss", yscale="log",
+              title="stage 2: projector + LLM")
+    ax[0].legend()
+    ax[1].plot([c["step"] for c in curve], [100 * c["held_out_mc_letter_acc" if "held_out_mc_letter_acc" in c
+                                                   else "held_mc_letter_acc"] for c in curve], marker="o")
+    ax[1].axhline(25, ls=":", c="grey", label="chance")
+    ax[1].set(xlabel="optimizer step", ylabel="accuracy %", ylim=(0, 100),
+              title="held-out training-world MC (letter logits)")
+    ax[1].legend()
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
 def _hardware() -> str:
     import platform
 
