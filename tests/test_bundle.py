@@ -178,3 +178,32 @@ def test_question_format_official_oe_wraps_plain_questions(bundle_copy):
     (bundle_copy / "bundle.json").write_text(json.dumps(m))
     with pytest.raises(InstitError, match="question_format"):
         Bundle.load(bundle_copy, verify=False)
+
+
+def test_prefetch_then_ask_prefills_only_the_question(bundles):
+    """prefetch(image) computes vision + the KV up to the end of the image rows; the answer is token for token
+    the one without prefetch, and the prompt reuses everything before the question. A newer prefetch supersedes
+    one that has not started."""
+    from instit_edge.runtime.session import EdgeSession
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    imgs = [Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)) for _ in range(3)]
+    q = "What is [1] doing?"
+    ref = EdgeSession.load(bundles("llava-next-llama-clip"), verify=False)
+    expected = ref.ask(q, image=imgs[0], max_new_tokens=8)
+    s = EdgeSession.load(bundles("llava-next-llama-clip"), verify=False)
+    info = s.prefetch(image=imgs[0]).result(timeout=60)
+    assert not info["cancelled"] and info["rows"] > 0
+    got = s.ask(q, image=imgs[0], max_new_tokens=8)
+    assert got.text == expected.text
+    assert s.last_stats["reused_tokens"] == info["cached_tokens"]
+    assert s.last_stats["prompt_tokens"] - s.last_stats["reused_tokens"] < 20  # the question's tokens only
+    with s._lock:  # while the LLM is held, each newer prefetch supersedes the older ones
+        first = s.prefetch(image=imgs[1])
+        second = s.prefetch(image=imgs[2])
+        third = s.prefetch(image=imgs[0])
+    assert first.result(timeout=60)["cancelled"] and second.result(timeout=60)["cancelled"]
+    assert not third.result(timeout=60)["cancelled"]
+    s.close_prefetch()

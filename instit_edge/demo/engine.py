@@ -445,10 +445,15 @@ class DemoEngine:
             self.prefetched += 1
 
     def _encode_image(self, image: np.ndarray) -> None:
+        """Vision rows and the KV of the prompt up to the end of the image (``EdgeSession.prefetch``): a question
+        about this frame then prefills only its own tokens."""
         if not self.lock.acquire(blocking=False):
             return
         try:
-            self.session.image_embeddings(image)
+            if hasattr(self.session, "prefetch"):
+                self.session.prefetch(image=image, background=False)
+            else:
+                self.session.image_embeddings(image)
             self.prefetched += 1
         finally:
             self.lock.release()

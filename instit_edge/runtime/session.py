@@ -15,6 +15,7 @@ same image is asked about again).
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -81,6 +82,10 @@ class EdgeSession:
         self._embd_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.cache_size = 64
         self.last_stats: dict = {}
+        # llama.cpp's context is not thread-safe: answers and background prefetches take turns
+        self._lock = threading.RLock()
+        self._prefetch_pool = None
+        self._prefetch_gen = 0
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -237,9 +242,59 @@ class EdgeSession:
         stats = GenStats(extra={"llm": self.llm_variant, "vision": self.vision_variant, **info})
         self.last_stats = {}
         mnt = max_new_tokens or int(self.prompt_cfg.get("max_new_tokens", 128))
-        yield from self.llm.generate(segs, mnt, temperature, top_p, top_k, seed, self.prompt_cfg.get("stop", []),
-                                     stats)
+        with self._lock:
+            yield from self.llm.generate(segs, mnt, temperature, top_p, top_k, seed, self.prompt_cfg.get("stop", []),
+                                         stats)
         self.last_stats = stats.as_dict()
+
+    # ------------------------------------------------------------------ prefetch
+    def prefetch(self, image=None, video=None, *, background: bool = True):
+        """Compute the vision rows and the KV of everything before the question (system prompt + image rows)
+        now, so a later ``ask`` / ``stream`` about the same media prefills only the question.
+
+        With ``background`` (default) the work runs on a helper thread and a ``Future`` is returned; a newer
+        ``prefetch`` supersedes an older one that has not reached the LLM yet (its Future resolves to
+        ``{"cancelled": True}``). Answers wait for a prefetch that is already in the LLM (at most the
+        image rows' prefill). Returns ``{"cancelled": False, "vision_ms", "rows", "cached_tokens"}``.
+        """
+        if (image is None) == (video is None):
+            raise InstitError("prefetch: give an image or a video")
+        self._prefetch_gen += 1
+        gen = self._prefetch_gen
+        if not background:
+            return self._prefetch(image, video, gen)
+        if self._prefetch_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._prefetch_pool = ThreadPoolExecutor(1, thread_name_prefix="instit-prefetch")
+        return self._prefetch_pool.submit(self._prefetch, image, video, gen)
+
+    def _prefetch(self, image, video, gen: int) -> dict:
+        if gen != self._prefetch_gen:
+            return {"cancelled": True}
+        t0 = time.perf_counter()
+        if image is not None:
+            rows, key = self.image_embeddings(image)
+        else:
+            rows, key, _ = self.video_embeddings(video)
+        vision_ms = round((time.perf_counter() - t0) * 1e3, 3)
+        with self._lock:
+            if gen != self._prefetch_gen:  # a newer frame arrived while the vision ran
+                return {"cancelled": True, "vision_ms": vision_ms}
+            head = self.segments("?", rows, key)[:2]  # template text before the image, and the image rows
+            self.llm.prefill(head)
+        return {"cancelled": False, "vision_ms": vision_ms, "rows": len(rows),
+                "cached_tokens": sum(len(s) for s in head)}
+
+    def cancel_prefetch(self) -> None:
+        """Supersede any prefetch that has not reached the LLM yet (e.g. a question arrived)."""
+        self._prefetch_gen += 1
+
+    def close_prefetch(self) -> None:
+        if self._prefetch_pool is not None:
+            self.cancel_prefetch()
+            self._prefetch_pool.shutdown(wait=True)
+            self._prefetch_pool = None
 
     def ask(self, question: str, image=None, video=None, **kw) -> Answer:
         text = "".join(self.stream(question, image=image, video=video, **kw))
@@ -248,7 +303,8 @@ class EdgeSession:
     def logits(self, question: str, image=None, video=None) -> np.ndarray:
         """Logits of every text position of the prompt (image rows excluded), for parity tests."""
         segs, _ = self.prepare(question, image, video)
-        out, _ = self.llm.prefill(segs, all_logits=True)
+        with self._lock:
+            out, _ = self.llm.prefill(segs, all_logits=True)
         return out
 
     def generated_ids(self, question: str, image=None, video=None, max_new_tokens: int = 16) -> list[int]:
