@@ -8,7 +8,7 @@ from PIL import Image
 
 from instit_edge.errors import InstitError
 
-LLM_TYPES = ["q8_0", "q6_k", "q5_k_m", "q4_k_m", "iq4_xs"]
+LLM_TYPES = ["bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "iq4_xs"]
 VISION_TYPES = ["int8", "int8s", "int4", "int4-hqq", "fp16"]
 
 
@@ -42,9 +42,10 @@ def test_every_variant_loads_and_answers(qbundle):
         assert "fidelity" in entry and "recipe" in entry
     assert b.entry("vision", "int8")["fidelity"]["cosine_mean"] > 0.99
     assert b.entry("llm", "q8_0")["fidelity"]["kld_mean"] < b.entry("llm", "q4_k_m")["fidelity"]["kld_mean"]
+    assert b.entry("llm", "bf16")["fidelity"]["kld_mean"] < b.entry("llm", "q4_k_m")["fidelity"]["kld_mean"]
 
 
-@pytest.mark.parametrize("qtype,main", [("q8_0", {"Q8_0"}), ("q6_k", {"Q6_K"}), ("q4_k_m", {"Q4_K", "Q6_K"}),
+@pytest.mark.parametrize("qtype,main", [("bf16", {"BF16"}), ("q8_0", {"Q8_0"}), ("q6_k", {"Q6_K"}), ("q4_k_m", {"Q4_K", "Q6_K"}),
                                         ("q5_k_m", {"Q5_K", "Q6_K"}), ("iq4_xs", {"IQ4_XS", "Q6_K"})])
 def test_gguf_tensor_types_are_the_ones_asked_for(qbundle, qtype, main):
     from gguf import GGUFReader
@@ -103,7 +104,7 @@ def test_bad_quant_requests(bundles, tmp_path):
 
     dst = tmp_path / "b"
     shutil.copytree(bundles("llava-llama-clip"), dst)
-    with pytest.raises(InstitError, match="valid: q8_0"):
+    with pytest.raises(InstitError, match="valid: bf16, q8_0"):
         quantize_bundle(dst, ["q4_k_x"], [])
     with pytest.raises(InstitError, match="valid: int8"):
         quantize_bundle(dst, [], ["int3"])
