@@ -312,7 +312,7 @@ def _register_plugins() -> None:
     import importlib
 
     for mod in ("instit_edge.marker.commands", "instit_edge.eval.commands", "instit_edge.demo.commands",
-                "instit_edge.bench_commands", "instit_edge.serve.commands"):
+                "instit_edge.bench_commands", "instit_edge.serve.commands", "instit_edge.models.commands"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -32,6 +32,11 @@ def check_checkpoint(path: str | Path) -> dict:
         raise InstitError(f"{cfg_path} is not UTF-8 text; restore the checkpoint's config.json") from None
     except OSError as e:
         raise InstitError(f"cannot read {cfg_path}: {e.strerror or type(e).__name__}") from None
+    from .original_layout import inspect_original, is_original_layout
+
+    if is_original_layout(cfg):  # LLaVA-NeXT repo layout: validated here, converted by load_model
+        inspect_original(p, cfg)
+        return cfg
     if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k, {}), dict) for k in ("text_config", "vision_config")):
         raise InstitError(f"{cfg_path} is not a model config (expected an object with text_config / vision_config)")
     mt = cfg.get("model_type")
@@ -99,7 +104,10 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from .original_layout import converted_for_loading
+
     check_checkpoint(path)
+    path = converted_for_loading(path)  # an original-layout checkpoint: its HF copy (temporary folder)
     try:
         processor = AutoProcessor.from_pretrained(str(path))
         model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=getattr(torch, dtype))
