@@ -154,6 +154,10 @@ def export(
     vision_types: str = typer.Option("fp32,fp16", "--vision-types", help="Comma list: fp32 (required), fp16."),
     mmproj: bool = typer.Option(True, "--mmproj/--no-mmproj", help="Also write mmproj.f16.gguf for llama.cpp tools."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle (only once the new one is complete)."),
+    template: str = typer.Option(None, "--template", help="Chat template (vicuna_v1, chatml, qwen_1_5, "
+                                 "mistral_instruct, llava_llama_3); default: the checkpoint's own, else the family's."),
+    pre_tokenizer: str = typer.Option(None, "--pre-tokenizer", help="llama.cpp BPE pre-tokenizer name (gpt-2, "
+                                      "llama-bpe, qwen2, smollm, ...); default: detected as llama.cpp's converter does."),
 ):
     """Export a LLaVA / LLaVA-Next checkpoint to an edge bundle (GGUF LLM + ONNX vision + mmproj + manifest)."""
     from .export.bundle_writer import export_bundle
@@ -163,7 +167,8 @@ def export(
     lt, vt = tuple(_split(llm_types)), tuple(_split(vision_types))
     prog, step = _steps(2 + len(lt) + len(vt) + int(mmproj), "export")
     with prog:
-        b = export_bundle(model, out_dir, force=force, llm_types=lt, vision_types=vt, mmproj=mmproj, progress=step)
+        b = export_bundle(model, out_dir, force=force, llm_types=lt, vision_types=vt, mmproj=mmproj, progress=step,
+                          template=template, pre_tokenizer=pre_tokenizer)
     _print_bundle(b)
 
 
@@ -272,6 +277,9 @@ def ask(
                                    help="LLM layers to offload to a GPU (llama.cpp GPU build; -1: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print the answer with timings as JSON."),
     list_variants: bool = typer.Option(False, "--list", help="List the bundle's variants and exit."),
+    max_tiles: Optional[int] = typer.Option(None, "--max-tiles", min=0,
+                                            help="Image token budget: AnyRes grids of at most N tiles "
+                                                 "(0 = the base image only)."),
     oe: bool = typer.Option(False, "--oe", help="Wrap the question in the official Inst-IT Bench open-ended prompt "
                                                 "(the form the embedded default model was trained on)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip sha256 checks (faster start)."),
@@ -295,6 +303,7 @@ def ask(
         question = build_oe_prompt(question, split="video" if video is not None else "image")
 
     s = EdgeSession.load(b, llm=llm, vision=vision, n_threads=threads, n_gpu_layers=gpu_layers, verify=not no_verify)
+    s.set_max_tiles(max_tiles)
     pieces = []
     for piece in s.stream(question, image=image, video=video, max_new_tokens=max_new_tokens, temperature=temperature):
         pieces.append(piece)
@@ -312,7 +321,8 @@ def _register_plugins() -> None:
     import importlib
 
     for mod in ("instit_edge.marker.commands", "instit_edge.eval.commands", "instit_edge.demo.commands",
-                "instit_edge.bench_commands", "instit_edge.serve.commands", "instit_edge.models.commands"):
+                "instit_edge.bench_commands", "instit_edge.serve.commands", "instit_edge.models.commands",
+                "instit_edge.annotate.commands"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -207,3 +207,30 @@ def test_prefetch_then_ask_prefills_only_the_question(bundles):
     assert first.result(timeout=60)["cancelled"] and second.result(timeout=60)["cancelled"]
     assert not third.result(timeout=60)["cancelled"]
     s.close_prefetch()
+
+
+def test_max_tiles_budget_row_counts(bundles):
+    """--max-tiles N keeps AnyRes grids of at most N tiles: 0 = base image + one newline row; fewer tiles,
+    fewer rows; no budget = the bundle's own packing."""
+    from instit_edge.runtime.session import EdgeSession
+
+    s = EdgeSession.load(bundles("llava-next-llama-clip"), verify=False)
+    pre = s.bundle.preprocess
+    side = pre["image_size"] // pre["patch_size"]
+    img = Image.fromarray(np.random.default_rng(11).integers(0, 255, (40, 90, 3), dtype=np.uint8))
+    full, _ = s.image_embeddings(img)
+    counts = {}
+    for n in (0, 2, 3, 4):
+        s.set_max_tiles(n)
+        rows, key = s.image_embeddings(img)
+        counts[n] = len(rows)
+        assert f":t{n}:" in key
+    assert counts[0] == side * side + 1
+    assert counts[0] < counts[2] <= counts[3] <= counts[4] <= len(full)
+    s.set_max_tiles(None)
+    again, _ = s.image_embeddings(img)
+    assert np.array_equal(again, full)
+    s.set_max_tiles(0)
+    assert s.ask("What is [1]?", image=img, max_new_tokens=2).stats["image_rows"] == side * side + 1
+    with pytest.raises(InstitError, match="max-tiles"):
+        s.set_max_tiles(-1)

@@ -28,11 +28,12 @@ class BundleBackend:
     kind = "bundle"
 
     def __init__(self, bundle, llm: str = "f16", vision: str = "fp32", n_threads: int | None = None,
-                 n_gpu_layers: int = 0, verify: bool = True):
+                 n_gpu_layers: int = 0, verify: bool = True, max_tiles: int | None = None):
         from ..runtime.session import EdgeSession
 
         self.session = EdgeSession.load(bundle, llm=llm, vision=vision, n_threads=n_threads,
                                         n_gpu_layers=n_gpu_layers, verify=verify)
+        self.session.set_max_tiles(max_tiles)
 
     def describe(self) -> dict:
         b = self.session.bundle
@@ -41,7 +42,8 @@ class BundleBackend:
             e = b.entry(group, name)
             files[group] = {"variant": name, "path": e["path"], "size": e["size"]}
         return {"backend": self.kind, "bundle": str(Path(b.root).resolve()), "model": None,
-                "llm": self.session.llm_variant, "vision": self.session.vision_variant, "files": files}
+                "llm": self.session.llm_variant, "vision": self.session.vision_variant, "files": files,
+                "max_tiles": self.session.max_tiles}
 
     def _segments(self, prompt: str, item: BenchItem):
         s = self.session
@@ -114,11 +116,14 @@ def official_prompt(item: BenchItem) -> str:
 
 
 def open_backend(backend: str, bundle=None, llm: str = "f16", vision: str = "fp32", model: str | None = None,
-                 n_threads: int | None = None, n_gpu_layers: int = 0, verify: bool = True):
+                 n_threads: int | None = None, n_gpu_layers: int = 0, verify: bool = True,
+                 max_tiles: int | None = None):
     if backend == "bundle":
         if bundle is None:
             raise InstitError("the bundle backend needs a BUNDLE directory")
-        return BundleBackend(bundle, llm, vision, n_threads, n_gpu_layers, verify)
+        return BundleBackend(bundle, llm, vision, n_threads, n_gpu_layers, verify, max_tiles)
+    if max_tiles is not None:
+        raise InstitError("--max-tiles applies to the bundle backend only")
     if backend == "torch":
         if model is None and bundle is not None:
             from ..bundle import Bundle

@@ -50,6 +50,8 @@ def register(app: typer.Typer, console, out) -> None:
         gpu_layers: int = typer.Option(0, "--gpu-layers", min=-1, help="LLM layers to offload (llama.cpp GPU build)."),
         max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Official: 128."),
         no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of the bundle files."),
+        max_tiles: Optional[int] = typer.Option(
+            None, "--max-tiles", min=0, help="Image token budget: AnyRes grids of at most N tiles (0 = base image)."),
         mark_style: Optional[str] = typer.Option(
             None, "--mark-style", help="Synthetic bench only: redraw its marks as id | box | box+id | mask+id | "
                                        "contour+id | none (same questions and answers; the visual-prompt ablation)."),
@@ -93,7 +95,8 @@ def register(app: typer.Typer, console, out) -> None:
         def run(dest, this_shard):
             return run_eval(bundle, bench, dest, split=split, fmt=fmt, llm=llm, vision=vision, backend=backend,
                             model=model, limit=limit, shard=this_shard, n_threads=threads, n_gpu_layers=gpu_layers,
-                            max_new_tokens=max_new_tokens, verify=not no_verify, progress=tick)
+                            max_new_tokens=max_new_tokens, verify=not no_verify, progress=tick,
+                            max_tiles=max_tiles)
 
         ranked = launcher_rank()
         if ranked and shard:

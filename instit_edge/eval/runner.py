@@ -23,7 +23,7 @@ from ..data.records import BenchItem
 from ..errors import InstitError
 from .store import PREDICTIONS, RUN_JSON, PredictionLog, group_key, read_predictions, uid, write_submissions
 
-IDENTITY = ("backend", "bundle", "model", "llm", "vision")
+IDENTITY = ("backend", "bundle", "model", "llm", "vision", "max_tiles")
 MAX_NEW_TOKENS = 128
 
 
@@ -131,7 +131,8 @@ def finalize(run_dir: Path, meta: dict, selected: list[BenchItem] | None) -> dic
 def run_eval(bundle, bench, out, *, split: str | None = None, fmt: str | None = None, llm: str = "f16",
              vision: str = "fp32", backend: str = "bundle", model: str | None = None, limit: int | None = None,
              shard: str | tuple | None = None, n_threads: int | None = None, n_gpu_layers: int = 0,
-             max_new_tokens: int = MAX_NEW_TOKENS, verify: bool = True, progress=None) -> dict:
+             max_new_tokens: int = MAX_NEW_TOKENS, verify: bool = True, progress=None,
+             max_tiles: int | None = None) -> dict:
     """Run the bench into ``out``; returns ``run.json``'s content.
 
     ``progress(done, total)`` is called before the first question and after each.
@@ -142,7 +143,7 @@ def run_eval(bundle, bench, out, *, split: str | None = None, fmt: str | None = 
     shard = shard if isinstance(shard, tuple) else parse_shard(shard)
     out = check_writable(out)
     items = select_items(load_bench(bench, split, fmt), shard, limit)
-    be = open_backend(backend, bundle, llm, vision, model, n_threads, n_gpu_layers, verify)
+    be = open_backend(backend, bundle, llm, vision, model, n_threads, n_gpu_layers, verify, max_tiles)
     meta = {"format_version": 1, **be.describe(), "bench": str(Path(bench).resolve()), "split": split,
             "format": fmt, "limit": limit, "shard": f"{shard[0]}/{shard[1]}", "max_new_tokens": max_new_tokens,
             "n_threads": n_threads, "greedy": True}

@@ -86,6 +86,7 @@ class EdgeSession:
         self._lock = threading.RLock()
         self._prefetch_pool = None
         self._prefetch_gen = 0
+        self.max_tiles: int | None = None  # image token budget (AnyRes tiles); None = the bundle's pinpoints
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -134,18 +135,38 @@ class EdgeSession:
         h.update(str(arr.shape).encode())
         return h.hexdigest()[:20]
 
+    def set_max_tiles(self, max_tiles: int | None) -> None:
+        """Spend fewer image tokens: keep only AnyRes grids of at most ``max_tiles`` tiles (0 = the base image
+        alone, one newline row after it, as LLaVA-Next packs a single crop); None = every pinpoint of the
+        bundle. Equivalent to the same model with ``image_grid_pinpoints`` restricted to those grids."""
+        if max_tiles is not None and (not isinstance(max_tiles, int) or max_tiles < 0):
+            raise InstitError(f"--max-tiles must be 0 or more, got {max_tiles!r}")
+        self.max_tiles = max_tiles
+
+    def _image_preprocess(self):
+        """The preprocessing under the current tile budget (pinpoints None = base image only)."""
+        import dataclasses
+
+        if self.max_tiles is None or not self.pre.pinpoints:
+            return self.pre
+        s = self.pre.image_size
+        keep = [p for p in self.pre.pinpoints if (p[0] // s) * (p[1] // s) <= self.max_tiles]
+        return dataclasses.replace(self.pre, pinpoints=keep or None)
+
     def image_embeddings(self, image) -> tuple[np.ndarray, str]:
         """Packed image rows ``[n, d_text]`` (AnyRes + unpad + newline for LLaVA-Next) and a cache key."""
         arr = np.asarray(load_image(image))
-        key = f"img:{self.vision_variant}:{self._hash(arr)}"
+        pre = self._image_preprocess()
+        budget = "" if self.max_tiles is None else f":t{self.max_tiles}"
+        key = f"img:{self.vision_variant}{budget}:{self._hash(arr)}"
 
         def compute():
             from PIL import Image
 
-            crops, hw = self.pre.crops(Image.fromarray(arr), anyres=True)
+            crops, hw = pre.crops(Image.fromarray(arr), anyres=True)
             feats = self.vision(crops)
-            if self.pre.pinpoints:
-                return pack_anyres(feats, hw, self.pre.pinpoints, self.pre.image_size,
+            if self.pre.pinpoints:  # LLaVA-Next packing (a single crop: base + newline)
+                return pack_anyres(feats, hw, pre.pinpoints or self.pre.pinpoints, pre.image_size,
                                    self.bundle.preprocess["patch_size"], self.newline)
             return feats[0]
 
