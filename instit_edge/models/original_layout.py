@@ -279,7 +279,7 @@ def _tower_shapes(shapes: dict, where) -> dict:
         raise InstitError(f"{pre}embeddings.position_embedding.weight has {pos[0][0]} rows: not a square grid")
     layers = {int(m.group(1)) for k in shapes if (m := re.match(re.escape(pre) + r"encoder\.layers\.(\d+)\.", k))}
     fc1 = shapes.get(pre + "encoder.layers.0.mlp.fc1.weight")
-    return dict(kind=kind, hidden_size=hidden, patch_size=patch, image_size=side * patch,
+    return dict(kind=kind, hidden_size=hidden, patch_size=patch, image_size=side * patch, grid=side,
                 num_hidden_layers=len(layers), intermediate_size=fc1[0][0] if fc1 else None)
 
 
@@ -339,7 +339,8 @@ def resolve_tower(cfg: dict, shapes: dict, where, vision_tower: str | Path | Non
         src_cfg, source = dict(KNOWN_TOWERS[name]), f"known tower {name}"
     else:
         for known, spec in KNOWN_TOWERS.items():
-            if all(spec[k] == got[k] for k in ("kind", "hidden_size", "patch_size", "image_size", "intermediate_size")):
+            if all(spec[k] == got[k] for k in ("kind", "hidden_size", "patch_size", "intermediate_size")) \
+                    and spec["image_size"] // spec["patch_size"] == got["grid"]:
                 src_cfg, source = dict(spec), f"known tower {known} (matched by weight shapes)"
                 break
     if src_cfg is None:
@@ -355,6 +356,9 @@ def resolve_tower(cfg: dict, shapes: dict, where, vision_tower: str | Path | Non
     checks = (("hidden_size", pe), ("patch_size", pe),
               ("image_size", VISION_PREFIX + "vision_model.embeddings.position_embedding.weight"),
               ("intermediate_size", VISION_PREFIX + "vision_model.encoder.layers.0.mlp.fc1.weight"))
+    image_size = int(src_cfg.get("image_size", got["image_size"]))  # so400m: 384 px, 27 patches of 14 (378 used)
+    if image_size // int(src_cfg.get("patch_size", got["patch_size"])) == got["grid"]:
+        got["image_size"] = image_size
     for key, tensor in checks:
         if key in src_cfg and got[key] is not None and int(src_cfg[key]) != int(got[key]):
             raise InstitError(f"weights contradict the vision tower config: {tensor} has shape "
@@ -533,7 +537,8 @@ def _text_config(info: OriginalInfo, vocab: int):
     cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[llm]
     known = set(cls().to_dict()) | {"rope_theta", "rope_scaling", "sliding_window", "use_sliding_window",
                                     "max_window_layers"}
-    kw = {k: v for k, v in cfg.items() if k in known and k not in _TEXT_DROP and not k.startswith("mm_")}
+    kw = {k: v for k, v in cfg.items()
+          if k in known and k not in _TEXT_DROP and not k.startswith("mm_") and v is not None}
     kw["vocab_size"] = vocab
     if llm == "qwen2":
         kw.setdefault("use_sliding_window", False)
@@ -568,10 +573,30 @@ def _hf_key(orig: str, info: OriginalInfo, hf_keys: set) -> list[str]:
 
 def build_hf(info: OriginalInfo, progress=None):
     """Return ``(config, state_dict, tokenizer, processor)`` of the equivalent HF checkpoint."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # 'model of type llava_llama ...': expected here, noise for the user
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _build_hf(info, progress)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _build_hf(info: OriginalInfo, progress=None):
     import torch
     from tokenizers import AddedToken
-    from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration, LlavaNextConfig, \
-        LlavaNextForConditionalGeneration
+    from transformers import (
+        AutoTokenizer,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+    )
 
     step = progress or (lambda name: None)
     p = info.path
