@@ -8,7 +8,8 @@ demo) speaks the same protocol:
   (1-based), with :func:`validate_references` for user questions;
 * the official Inst-IT Bench prompts and multiple-choice answer prefixes,
   verbatim (scores are comparable with the leaderboard only when these are);
-* the ``vicuna_v1`` and ``chatml`` conversation templates;
+* the conversation templates (``vicuna_v1``, ``chatml`` / ``qwen_1_5``, ``mistral_instruct``,
+  ``llava_llama_3``);
 * multiple-choice answer extraction (the official rule and a stricter one)
   and accuracy.
 """
@@ -305,16 +306,26 @@ def judge_input(question: str, ground_truth: str, response: str) -> str:
 IMAGE_TOKEN = "<image>"
 # Special-token strings the chat templates themselves write. Only the template's own text is tokenized
 # with them as special tokens; a user's text is always plain text, even when it spells one of them.
-TEMPLATE_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<s>", "</s>", IMAGE_TOKEN)
+TEMPLATE_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<s>", "</s>", IMAGE_TOKEN,
+                           "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
 VICUNA_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 CHATML_SYSTEM = "You are a helpful assistant."
+# LLaVA-NeXT llava/conversation.py conv_llava_llama_3
+LLAMA3_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the "
+    "user provides, and assist the user with a variety of tasks using natural language."
+)
 
-CHAT_TEMPLATES = ("vicuna_v1", "chatml")
-_STOP = MappingProxyType({"vicuna_v1": "</s>", "chatml": "<|im_end|>"})
+# LLaVA-NeXT conv_templates names: vicuna_v1 (conv_llava_v1's system text, see _render_vicuna), qwen_1_5
+# (conv_qwen: ChatML, system "You are a helpful assistant."; renders exactly like chatml), mistral_instruct
+# (conv_mistral_instruct, SeparatorStyle.LLAMA_2), llava_llama_3 (conv_llava_llama_3, SeparatorStyle.LLAMA_3).
+CHAT_TEMPLATES = ("vicuna_v1", "chatml", "qwen_1_5", "mistral_instruct", "llava_llama_3")
+_STOP = MappingProxyType({"vicuna_v1": "</s>", "chatml": "<|im_end|>", "qwen_1_5": "<|im_end|>",
+                          "mistral_instruct": "</s>", "llava_llama_3": "<|eot_id|>"})
 # LLaVA training data says "human" / "gpt".
 _ROLE_ALIASES = MappingProxyType({"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
                                   "system": "system"})
@@ -375,7 +386,64 @@ def _render_chatml(system: str | None, turns: list, add_generation_prompt: bool)
     return out + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
-_RENDERERS = MappingProxyType({"vicuna_v1": _render_vicuna, "chatml": _render_chatml})
+def _render_mistral(system: str | None, turns: list, add_generation_prompt: bool) -> str:
+    # LLaVA-NeXT conv_mistral_instruct (SeparatorStyle.LLAMA_2, sep "", sep2 "</s>", empty system):
+    # "[INST] q [/INST]" per user turn, " a </s>" per assistant turn; a system text goes into the first
+    # user turn as "<<SYS>>\n...\n<</SYS>>\n\n". BOS comes from the tokenizer.
+    out = ""
+    for i, (role, text) in enumerate(turns):
+        if i == 0 and system:
+            text = f"<<SYS>>\n{system}\n<</SYS>>\n\n" + text
+        out += f"[INST] {text} [/INST]" if role == "user" else f" {text} </s>"
+    return out
+
+
+def _render_llama3(system: str | None, turns: list, add_generation_prompt: bool) -> str:
+    # LLaVA-NeXT conv_llava_llama_3 (SeparatorStyle.LLAMA_3): the Meta-Llama-3-Instruct chat template
+    # (content stripped) over [system] + turns. The template's leading <|begin_of_text|> is the BOS the
+    # tokenizer adds, so it is not written here (LLaVA-NeXT's own code ends up with two).
+    out = ""
+    for role, text in [("system", LLAMA3_SYSTEM if system is None else system)] + list(turns):
+        out += f"<|start_header_id|>{role}<|end_header_id|>\n\n{text.strip()}<|eot_id|>"
+    return out + ("<|start_header_id|>assistant<|end_header_id|>\n\n" if add_generation_prompt else "")
+
+
+_RENDERERS = MappingProxyType({"vicuna_v1": _render_vicuna, "chatml": _render_chatml, "qwen_1_5": _render_chatml,
+                               "mistral_instruct": _render_mistral, "llava_llama_3": _render_llama3})
+# the template of an LLM family when the checkpoint has no chat_template of its own
+FAMILY_TEMPLATES = MappingProxyType({"llama": "vicuna_v1", "qwen2": "chatml", "mistral": "mistral_instruct"})
+
+
+def identify_chat_template(jinja: str, bos_token: str | None = None, eos_token: str | None = None) -> str | None:
+    """The name of the template a checkpoint's Jinja ``chat_template`` renders like, or None.
+
+    Rendered for a one-turn image question with the generation prompt (what the runtime sends); a
+    leading BOS string is ignored (the tokenizer adds it).
+    """
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def _raise(msg):
+        raise jinja2.exceptions.TemplateError(msg)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise
+    try:
+        tpl = env.from_string(jinja)
+    except jinja2.TemplateError:
+        return None
+    turns = [("user", with_image("What is [1] holding?"))]
+    try:
+        got = tpl.render(messages=[{"role": r, "content": t} for r, t in turns], add_generation_prompt=True,
+                         bos_token=bos_token or "", eos_token=eos_token or "")
+    except Exception:  # noqa: BLE001 - a template may raise on anything
+        return None
+    if bos_token and got.startswith(bos_token):
+        got = got[len(bos_token):]
+    for name in CHAT_TEMPLATES:
+        if got == render_chat(name, turns):
+            return name
+    return None
 
 
 def render_chat(template_name: str, turns: Sequence[tuple[str, str]], add_generation_prompt: bool = True) -> str:

@@ -19,6 +19,31 @@ from ..models.loading import SUPPORTED_ARCHS, load_model
 TEMPLATES = {"llama": "vicuna_v1", "qwen2": "chatml"}
 
 
+def pick_template(processor, llm_arch: str, override: str | None = None) -> str:
+    """The chat template a bundle records: ``override`` (``--template``), else the checkpoint's own
+    ``chat_template`` when it renders like one of ours, else the LLM family's default."""
+    from ..prompting import CHAT_TEMPLATES, FAMILY_TEMPLATES, identify_chat_template
+
+    if override:
+        if override not in CHAT_TEMPLATES:
+            raise InstitError(f"unknown --template {override!r}; choose one of {', '.join(CHAT_TEMPLATES)}")
+        return override
+    tok = getattr(processor, "tokenizer", processor)
+    jinja = getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None)
+    if isinstance(jinja, dict):  # several named templates: the default one
+        jinja = jinja.get("default")
+    if jinja:
+        name = identify_chat_template(jinja, getattr(tok, "bos_token", None), getattr(tok, "eos_token", None))
+        if name is None:
+            raise InstitError("the checkpoint's chat_template renders like none of the supported templates; "
+                              f"pass --template NAME (one of {', '.join(CHAT_TEMPLATES)})")
+        return name
+    if llm_arch not in FAMILY_TEMPLATES:
+        raise InstitError(f"no default chat template for LLM {llm_arch!r}; pass --template NAME "
+                          f"(one of {', '.join(CHAT_TEMPLATES)})")
+    return FAMILY_TEMPLATES[llm_arch]
+
+
 def _preprocess_info(model, processor) -> dict:
     ip = processor.image_processor
     cfg = model.config
@@ -47,8 +72,14 @@ def export_bundle(
     vision_types: tuple[str, ...] = ("fp32", "fp16"),
     mmproj: bool = True,
     progress=None,
+    template: str | None = None,
+    pre_tokenizer: str | None = None,
 ) -> Bundle:
-    """Export ``model_path`` to a bundle at ``out``. ``progress(step_name)`` is called per step."""
+    """Export ``model_path`` to a bundle at ``out``. ``progress(step_name)`` is called per step.
+
+    ``template``: the chat template name (default: the checkpoint's own ``chat_template``, else the LLM
+    family's); ``pre_tokenizer``: the llama.cpp BPE pre-tokenizer name (default: detected).
+    """
     from ..atomic import atomic_dir, guard_output
     from .gguf_llm import write_llm_gguf
     from .gguf_mmproj import write_mmproj_gguf
@@ -73,12 +104,15 @@ def export_bundle(
     tok = processor.tokenizer
     image_token = getattr(processor, "image_token", "<image>")
     image_token_id = int(cfg.image_token_id)
+    template = pick_template(processor, llm_arch, template)
+    tok_dir = Path(model_path) if Path(model_path).is_dir() else None
 
     with atomic_dir(out, force=force) as tmp:
         b = Bundle(tmp, {})
         for t in llm_types:
             step(f"llm.{t}.gguf")
-            write_llm_gguf(model, tok, tmp / f"llm.{t}.gguf", dtype=t, name=Path(str(model_path)).name)
+            write_llm_gguf(model, tok, tmp / f"llm.{t}.gguf", dtype=t, name=Path(str(model_path)).name,
+                           model_dir=tok_dir, pre_tokenizer=pre_tokenizer)
             b.add_file("llm", t, f"llm.{t}.gguf", recipe={"type": t})
         step("vision.onnx")
         export_vision_onnx(model, tmp / "vision.onnx", pre["image_size"])
@@ -96,7 +130,6 @@ def export_bundle(
             info = write_mmproj_gguf(model, tmp / "mmproj.f16.gguf", pre)
             b.add_file("extra", "mmproj", "mmproj.f16.gguf", recipe={"type": "f16", **info})
         add_bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
-        template = TEMPLATES[llm_arch]
         from ..prompting import stop_strings
 
         b.manifest = {

@@ -8,7 +8,6 @@ template are embedded so llama.cpp tokenizes exactly like Hugging Face.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -60,42 +59,14 @@ def text_state_dict(model) -> dict:
     return sd
 
 
-def _vocab(tokenizer) -> tuple[list[str], list[int], list[str], str]:
-    """Tokens, token types, merges and tokenizer model name, from a fast HF tokenizer."""
-    from gguf import TokenType
-
-    tj = json.loads(tokenizer.backend_tokenizer.to_str())
-    model = tj["model"]
-    if model.get("type") != "BPE":
-        raise InstitError(
-            f"tokenizer type {model.get('type')!r} is not supported for GGUF export (supported: byte-level BPE); "
-            "convert the tokenizer to tokenizer.json BPE first"
-        )
-    if model.get("byte_fallback"):
-        raise InstitError(
-            "SentencePiece-style (byte-fallback) tokenizers are not supported by this exporter yet; "
-            "use llama.cpp's convert_hf_to_gguf.py for the LLM and `instit-edge export --llm-gguf PATH`"
-        )
-    vocab: dict[str, int] = dict(model["vocab"])
-    added = {a["content"]: a for a in tj.get("added_tokens", [])}
-    for content, a in added.items():
-        vocab[content] = a["id"]
-    n = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(n)]
-    types = [int(TokenType.UNUSED)] * n
-    for tok, i in vocab.items():
-        tokens[i] = tok
-        if tok in added:
-            types[i] = int(TokenType.CONTROL) if added[tok].get("special") else int(TokenType.USER_DEFINED)
-        else:
-            types[i] = int(TokenType.NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return tokens, types, merges, "gpt2"
-
-
 def write_llm_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", name: str = "instit-edge", progress=None,
-                   overrides: dict | None = None) -> dict:
+                   overrides: dict | None = None, model_dir: str | Path | None = None,
+                   pre_tokenizer: str | None = None) -> dict:
     """Write ``model``'s text LLM to ``out`` as GGUF in ``dtype`` (f16 or f32). Returns a summary.
+
+    The vocabulary is written by :func:`.gguf_vocab.gguf_vocab` (SentencePiece or byte-level BPE with its
+    pre-tokenizer); ``model_dir`` is where ``tokenizer.model`` is looked for, ``pre_tokenizer`` overrides
+    the detected BPE pre-tokenizer name.
 
     ``overrides`` maps an HF linear prefix (``model.layers.0.self_attn.q_proj``) to ``(raw block bytes,
     GGML type name)``: already-quantized weights (GPTQ) written as they are.
@@ -113,15 +84,10 @@ def write_llm_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", name: 
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
 
     sd = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in text_state_dict(model).items()}
-    tokens, types, merges, tok_model = _vocab(tokenizer)
     n_vocab = sd["model.embed_tokens.weight"].shape[0]
-    if len(tokens) > n_vocab:
-        raise InstitError(f"tokenizer has {len(tokens)} tokens but the embedding has {n_vocab} rows")
-    from gguf import TokenType
+    from .gguf_vocab import gguf_vocab
 
-    while len(tokens) < n_vocab:
-        tokens.append(f"[PAD{len(tokens)}]")
-        types.append(int(TokenType.UNUSED))
+    vocab = gguf_vocab(tokenizer, n_vocab, model_dir=model_dir, pre=pre_tokenizer)
 
     out = Path(out)
     w = gguf.GGUFWriter(str(out), arch)
@@ -137,20 +103,18 @@ def write_llm_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", name: 
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
     w.add_vocab_size(n_vocab)
-    w.add_tokenizer_model(tok_model)
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
+    vocab.write(w)
     if tokenizer.bos_token_id is not None:
         w.add_bos_token_id(tokenizer.bos_token_id)
     if tokenizer.eos_token_id is not None:
         w.add_eos_token_id(tokenizer.eos_token_id)
     if tokenizer.pad_token_id is not None:
         w.add_pad_token_id(tokenizer.pad_token_id)
-    add_bos = bool(tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]) if tokenizer.bos_token_id is not None else False
+    if tokenizer.unk_token_id is not None:
+        w.add_unk_token_id(tokenizer.unk_token_id)
+    add_bos, add_eos = vocab.details["add_bos"], vocab.details["add_eos"]
     w.add_add_bos_token(add_bos)
-    w.add_add_eos_token(False)
+    w.add_add_eos_token(add_eos)
     if tokenizer.chat_template:
         w.add_chat_template(tokenizer.chat_template)
 
@@ -190,4 +154,5 @@ def write_llm_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", name: 
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return {"arch": arch, "n_vocab": n_vocab, "add_bos": add_bos, "dtype": dtype}
+    return {"arch": arch, "n_vocab": n_vocab, "add_bos": add_bos, "dtype": dtype, "tokenizer": vocab.model,
+            "pre_tokenizer": vocab.pre}

@@ -37,6 +37,14 @@ CHATML_TEMPLATE = (
     "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# LLaVA-NeXT conv_mistral_instruct (SeparatorStyle.LLAMA_2, empty system): "[INST] q [/INST] a </s>"
+MISTRAL_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}[INST] {{ message['content'] }} [/INST]"
+    "{% else %} {{ message['content'] }} </s>{% endif %}"
+    "{% endfor %}"
+)
+_JINJA = {"vicuna_v1": VICUNA_TEMPLATE, "chatml": CHATML_TEMPLATE, "mistral_instruct": MISTRAL_TEMPLATE}
 
 
 @dataclass
@@ -61,6 +69,12 @@ class TinySpec:
     # extra domain text for the tokenizer corpus (e.g. the official prompts and a world's questions),
     # so that fixed prompt text becomes few tokens
     corpus_lines: tuple = ()
+    # a real tokenizer instead of the trained one: a SentencePiece tokenizer.model, a llama.cpp vocab GGUF
+    # (.gguf / .gguf.xz) or a Hugging Face tokenizer directory (see models/real_tokenizers.py); <image>
+    # (and <pad> when it has none) are added on top, and the embedding gets exactly len(tokenizer) rows
+    tokenizer: str = ""
+    # the checkpoint's chat_template (one of vicuna_v1, chatml, mistral_instruct; "" = the LLM's default)
+    chat_template: str = ""
     # vision tower
     image_size: int = 32
     patch_size: int = 8
@@ -78,6 +92,8 @@ class TinySpec:
             raise InstitError(f"unsupported --llm {self.llm!r}; choose one of {', '.join(LLMS)}")
         if self.vision not in VISIONS:
             raise InstitError(f"unsupported --vision {self.vision!r}; choose one of {', '.join(VISIONS)}")
+        if self.chat_template and self.chat_template not in _JINJA:
+            raise InstitError(f"unknown chat_template {self.chat_template!r}; choose one of {', '.join(_JINJA)}")
         if self.vision_intermediate == self.vision_hidden:
             raise InstitError("vision intermediate size must differ from hidden size (llama.cpp un-swaps the MLP by shape)")
 
@@ -165,8 +181,26 @@ def _corpus(extra_words: int = 0) -> list[str]:
     return lines
 
 
+def build_real_tokenizer(spec: TinySpec, out_dir: Path):
+    """The real tokenizer ``spec.tokenizer`` names, with ``<image>`` (and ``<pad>``) added; writes
+    ``tokenizer.model`` into ``out_dir`` for SentencePiece vocabularies."""
+    from .real_tokenizers import load_real_tokenizer
+
+    hf, spm = load_real_tokenizer(spec.tokenizer)
+    if spm is not None:
+        (Path(out_dir) / "tokenizer.model").write_bytes(spm)
+    hf.add_special_tokens({"additional_special_tokens": ["<image>"]})  # 32000 in the HF LLaVA conversions
+    if hf.pad_token is None:
+        hf.add_special_tokens({"pad_token": "<pad>"} if spm is not None else {"pad_token": hf.eos_token})
+    default = "vicuna_v1" if spec.llm == "llama" else "chatml"
+    hf.chat_template = _JINJA[spec.chat_template or default]
+    return hf
+
+
 def build_tokenizer(spec: TinySpec, out_dir: Path):
     """Train a byte-level BPE tokenizer offline and wrap it as a fast HF tokenizer."""
+    if spec.tokenizer:
+        return build_real_tokenizer(spec, out_dir)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -199,7 +233,7 @@ def build_tokenizer(spec: TinySpec, out_dir: Path):
         **kw,
     )
     hf.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
-    hf.chat_template = template
+    hf.chat_template = _JINJA[spec.chat_template] if spec.chat_template else template
     return hf
 
 

@@ -30,11 +30,11 @@ class TorchSession:
 
     @classmethod
     def load(cls, checkpoint: str, device: str = "cpu", dtype: str = "float32") -> "TorchSession":
-        from ..export.bundle_writer import TEMPLATES
+        from ..export.bundle_writer import pick_template
         from ..models.loading import load_model
 
         model, processor = load_model(checkpoint, dtype=dtype, device=device)
-        template = TEMPLATES[model.config.text_config.model_type]
+        template = pick_template(processor, model.config.text_config.model_type)
         video = {"pool_stride": 2, "pool_mode": "average", "max_frames": 32}
         return cls(model, processor, template, video, device, {})
 
