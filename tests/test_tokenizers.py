@@ -268,3 +268,13 @@ def test_mistral_checkpoint_exports_mistral_template(real):
     _, bundle = real("spm-mistral")
     prompt = json.loads((bundle / "bundle.json").read_text())["prompt"]
     assert prompt["template"] == "mistral_instruct" and prompt["stop"] == ["</s>"] and prompt["add_bos"] is True
+
+
+def test_tokenizer_larger_than_embedding_is_one_line_error():
+    from instit_edge.errors import InstitError
+    from instit_edge.export.gguf_vocab import gguf_vocab
+    from instit_edge.models.real_tokenizers import load_real_tokenizer
+
+    tok, _ = load_real_tokenizer(SPM_GGUF)
+    with pytest.raises(InstitError, match=r"tokenizer has 32000 tokens but the embedding has 31999 rows$"):
+        gguf_vocab(tok, 31999)
