@@ -235,8 +235,11 @@ def test_annotate_end_to_end_cache_and_train(inputs, tmp_path, tiny_models):
         meta = json.loads((out / "annotate.json").read_text())
         assert meta["status"] == "done" and meta["summary"]["frames"] == s1["frames"]
 
-        # a second run (the real CLI) asks nothing: every request is a cache hit
+        # a second run (the real CLI) asks nothing: every request is a cache hit (a torn line, as a kill
+        # mid-write leaves, is skipped)
         posts = t.posts
+        with open(out / "cache.jsonl", "a") as f:
+            f.write('{"key": "abc", "resu')
         cmd = ["annotate", *map(str, ins), "--teacher", t.url, "--model", "fake", "--every", "2", "--max-frames",
                "5", "--qa-pairs", "2", "--out", str(out)]
         p = _cli(*cmd)
@@ -248,6 +251,8 @@ def test_annotate_end_to_end_cache_and_train(inputs, tmp_path, tiny_models):
         # one prompt changes (3 QA pairs instead of 2): only the two QA requests are asked again
         s3 = annotate(ins, out, teacher=t.url, model="fake", every=2, max_frames=5, qa_pairs=3, backoff=0.01)
         assert t.posts == posts + 2 and s3["requests"]["cached"] == n - 2
+        assert annotate(ins, out, teacher=t.url, model="fake", every=2, max_frames=5, qa_pairs=3)["requests"][
+            "cached"] == n and t.posts == posts + 2  # the new QA replies landed on their own line after the torn one
 
         # --dry-run: the prompts and the count, no request, nothing written
         before = sorted(p.name for p in out.rglob("*"))

@@ -201,6 +201,11 @@ class ReplyCache:
             if self._f is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._f = open(self.path, "a", encoding="utf-8")
+                if self._f.tell() > 0:  # a torn last line of a killed run: start on a fresh line
+                    with open(self.path, "rb") as r:
+                        r.seek(-1, os.SEEK_END)
+                        if r.read(1) != b"\n":
+                            self._f.write("\n")
             self._f.write(json.dumps(entry, ensure_ascii=False) + "\n")
             self._f.flush()
             os.fsync(self._f.fileno())
