@@ -59,15 +59,9 @@ def _environment_rows(out_dir: Path) -> tuple[list, list[str]]:
                                     "cmake`)")))
     try:
         from .runtime.llm_llamacpp import cpu_has_amx, weight_repacking
+        from .system import cpu_name
 
-        cpu = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+        cpu = cpu_name()
         rows.append(("cpu", True, f"{cpu}, {os.cpu_count()} cores; AMX: {'yes' if cpu_has_amx() else 'no'}; "
                                   f"llama.cpp weight repacking: {'on' if weight_repacking() else 'off'}"))
     except Exception:  # the runtime import needs nothing heavy, but doctor must never crash

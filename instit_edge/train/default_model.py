@@ -357,7 +357,7 @@ def _save_tower(model, path: Path, info: dict) -> None:
 
 
 def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos: int = 400, vision_steps: int = 800,
-                  vlm_steps: int = 6000, batch: int = 16, lr: float = 1e-3, work: str | Path | None = None,
+                  vlm_steps: int = 2400, batch: int = 16, lr: float = 1e-3, work: str | Path | None = None,
                   budget_minutes: float | None = None, log=print) -> dict:
     """Build the world, train both stages (resuming from ``work``), save an HF checkpoint + model card at ``out``."""
     import torch
@@ -445,7 +445,6 @@ def plot_training(work: str | Path, png: str | Path) -> Path:
 
 
 def _hardware() -> str:
-    import platform
 
     try:
         import torch
@@ -454,15 +453,9 @@ def _hardware() -> str:
             return torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} CPU cores"
+    from ..system import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} CPU cores"
 
 
 if __name__ == "__main__":
@@ -475,7 +468,7 @@ if __name__ == "__main__":
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--videos", type=int, default=400)
     ap.add_argument("--vision-steps", type=int, default=800)
-    ap.add_argument("--vlm-steps", type=int, default=6000)
+    ap.add_argument("--vlm-steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--budget-minutes", type=float, default=None, help="Stop (resumably) after this long.")
