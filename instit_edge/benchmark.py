@@ -86,6 +86,25 @@ class BenchConfig:
 
 
 # =========================================================================== small helpers
+MAX_LOAD_PER_CORE = 0.5  # load average per visible core at the start above which timings are not trusted
+MAX_SPREAD = 0.20  # (max - min) / median of a configuration's repetitions above which it is noisy
+
+
+def noise_reasons(res: dict) -> list[str]:
+    """Why the timings of this run cannot be reported as measurements (empty when the machine was quiet)."""
+    out = []
+    m = res.get("machine", {})
+    load, cpus = m.get("loadavg_start"), m.get("cpus") or os.cpu_count() or 1
+    if load and load[0] / cpus > MAX_LOAD_PER_CORE:
+        out.append(f"load average {load[0]:.2f} on {cpus} cores at the start (> {MAX_LOAD_PER_CORE} per core)")
+    for run in res.get("runs", []):
+        s = summarize([x.get("total_s") for x in run.get("reps", [])])
+        if s and s["n"] > 1 and s["median"] > 0 and s["spread"] / s["median"] > MAX_SPREAD:
+            out.append(f"{run.get('llm')}/{run.get('vision')}: repetitions spread {100 * s['spread'] / s['median']:.0f}% "
+                       f"of the median (> {100 * MAX_SPREAD:.0f}%)")
+    return out
+
+
 def summarize(values) -> dict | None:
     """median, min, max, spread (max - min) and every value; None when there are none."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
@@ -795,6 +814,10 @@ def _analyse(res: dict, b, variants: list, cfg: BenchConfig) -> None:
             if base and _med(base, "total_s"):
                 run["followup_speedup_vs_baseline"] = _med(base, "total_s") / run["followup_stats"]["total_s"]["median"]
 
+    # a noisy machine is detected, not reported: load at the start and the spread of the repetitions
+    noisy = noise_reasons(res)
+    res["noisy"] = noisy
+
     # targets
     tg: list[dict] = []
     applies = res.get("preset") == TARGET_PRESET and cfg.threads == 2
@@ -808,7 +831,7 @@ def _analyse(res: dict, b, variants: list, cfg: BenchConfig) -> None:
         # by: the factor the value is better (>1) or worse (<1) than the goal
         by = (value / target) if higher_better else (target / value if value else float("inf"))
         tg.append({"target": name, "value": value, "goal": target, "op": ">=" if higher_better else "<=",
-                   "status": "PASS" if ok else "MISS", "by": by, "detail": detail})
+                   "status": ("NOISY" if noisy else "PASS" if ok else "MISS"), "by": by, "detail": detail})
 
     if deploy and base:
         for run in runs:
@@ -876,6 +899,9 @@ def render_markdown(res: dict) -> str:
     L.append(f"- load average at start / end: {m.get('loadavg_start')} / {m.get('loadavg_end')} "
              "(the machine is shared: timings are noisy)")
     L.append("- cells: median ±half the range over the repetitions; TTFT and total include vision\n")
+    if res.get("noisy"):
+        L.append("**NOISY RUN: these figures are not measurements** (targets marked NOISY): "
+                 + "; ".join(res["noisy"]) + ". Rerun on a quiet machine.\n")
 
     L.append("## Time to answer\n")
     L.append("| backend | LLM | vision | prompt tok | vision ms | prefill tok/s | TTFT s | decode tok/s | total s | "

@@ -103,3 +103,16 @@ def test_edge_tokenizer_reaches_a_few_thousand_tokens():
 
     tok = build_tokenizer(preset_spec("edge"), None)
     assert len(tok) >= 4000
+
+
+def test_noisy_machine_is_detected_not_reported():
+    """A loaded machine at the start or repetitions that disagree by > 20% mark the run NOISY."""
+    from instit_edge.benchmark import noise_reasons
+
+    quiet = {"machine": {"loadavg_start": [0.4, 0.3, 0.2], "cpus": 2},
+             "runs": [{"llm": "f16", "vision": "fp32", "reps": [{"total_s": 1.0}, {"total_s": 1.1}]}]}
+    assert noise_reasons(quiet) == []
+    loaded = {**quiet, "machine": {"loadavg_start": [2.5, 2.0, 1.0], "cpus": 2}}
+    assert any("load average" in r for r in noise_reasons(loaded))
+    spread = {**quiet, "runs": [{"llm": "q4_k_m", "vision": "int8", "reps": [{"total_s": 1.0}, {"total_s": 1.5}]}]}
+    assert any("q4_k_m/int8" in r and "spread" in r for r in noise_reasons(spread))
