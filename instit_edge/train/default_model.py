@@ -412,16 +412,16 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
     return card
 
 
-def plot_training(work: str | Path, png: str | Path) -> Path:
-    """Loss (stage 2, smoothed) and held-out MC letter accuracy against the step, from the work folder."""
+def plot_training(model_dir: str | Path, losses_json: str | Path, png: str | Path) -> Path:
+    """Loss (stage 2, smoothed) and held-out MC letter accuracy against the step, from a trained model's
+    ``training.json`` and the run's ``losses.json`` (written to the work folder)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
 
-    st = torch.load(Path(work) / "vlm-state.pt", weights_only=False)
-    losses, curve = np.asarray(st["losses"], float), st["curve"]
+    card = json.loads((Path(model_dir) / "training.json").read_text())
+    losses, curve = np.asarray(json.loads(Path(losses_json).read_text()), float), card["vlm"]["curve"]
     k = 25
     smooth = np.convolve(losses, np.ones(k) / k, mode="valid") if len(losses) > k else losses
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
