@@ -116,3 +116,27 @@ def test_bad_quant_requests(bundles, tmp_path):
         quantize_bundle(dst, ["q8_0"], [], calib=empty)
     with pytest.raises(InstitError, match="not found"):
         quantize_bundle(dst, ["q8_0"], [], calib=tmp_path / "nope")
+
+
+def test_auto_variant_by_device_class_and_memory_budget(qbundle):
+    """--llm auto: bf16 first on AVX512-BF16 / AMX CPUs, q8_0 on AVX-512, 4-bit on AVX2; a variant over the
+    memory budget is skipped; int8 vision on CPUs."""
+    from instit_edge.bundle import Bundle
+    from instit_edge.runtime.auto import choose, device_class
+    from instit_edge.runtime.session import EdgeSession
+
+    b = Bundle.load(qbundle[0], verify=False)
+    assert device_class(flags={"avx2", "avx512f", "avx512_bf16"}) == "bf16"
+    assert device_class(flags={"avx2", "avx512f"}) == "avx512"
+    assert device_class(flags={"avx2"}) == "avx2" and device_class(flags=set()) == "other"
+    assert choose(b, "llm", cls="bf16", memory_budget=1 << 40)[0] == "bf16"
+    assert choose(b, "llm", cls="avx512", memory_budget=1 << 40)[0] == "q8_0"
+    assert choose(b, "llm", cls="avx2", memory_budget=1 << 40)[0] == "q4_k_m"  # no q4_0 in this bundle
+    bf16 = b.entry("llm", "bf16")["size"]
+    name, why = choose(b, "llm", cls="bf16", memory_budget=bf16 - 1)
+    assert name == "q8_0" and "bf16" in why and "budget" in why
+    name, why = choose(b, "llm", cls="bf16", memory_budget=1)
+    assert "no llm variant fits" in why
+    assert choose(b, "vision", cls="avx2", memory_budget=1 << 40)[0] == "int8"
+    s = EdgeSession.load(b, llm="auto", vision="auto", verify=False)
+    assert s.llm_variant in b.variants("llm") and s.auto_choice["llm"]

@@ -87,6 +87,7 @@ class EdgeSession:
         self._prefetch_pool = None
         self._prefetch_gen = 0
         self.max_tiles: int | None = None  # image token budget (AnyRes tiles); None = the bundle's pinpoints
+        self.auto_choice: dict = {}  # why "auto" picked the variants, when it did
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -105,6 +106,14 @@ class EdgeSession:
         from .vision_onnx import OnnxVision
 
         b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, verify=False)
+        auto = {}
+        if llm == "auto" or vision == "auto":  # the variant for this device (runtime/auto.py)
+            from .auto import choose
+
+            if llm == "auto":
+                llm, auto["llm"] = choose(b, "llm", n_gpu_layers=n_gpu_layers)
+            if vision == "auto":
+                vision, auto["vision"] = choose(b, "vision", n_gpu_layers=n_gpu_layers)
         llm_path = b.path("llm", llm)
         vision_path = b.path("vision", vision)
         if verify:  # only the files this session uses
@@ -116,7 +125,9 @@ class EdgeSession:
         lm = LlamaCppLLM(llm_path, n_ctx=ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, f32_kv=f32_kv,
                          verbose=verbose)
         vis = OnnxVision(vision_path, n_threads=n_threads, prefer_gpu=n_gpu_layers != 0)
-        return cls(b, lm, vis, llm, vision)
+        s = cls(b, lm, vis, llm, vision)
+        s.auto_choice = auto
+        return s
 
     # ------------------------------------------------------------------ vision
     def _cached(self, key: str, compute) -> np.ndarray:
