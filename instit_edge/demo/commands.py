@@ -44,6 +44,8 @@ def register(app: typer.Typer, console, out) -> None:
         max_side: int = typer.Option(1280, "--max-side", min=32, help="Frames with a longer side are downscaled."),
         queue_size: int = typer.Option(16, "--queue-size", help="Requests waiting at most (then refused)."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the model."),
+        max_tiles: Optional[int] = typer.Option(None, "--max-tiles", min=0,
+                                                help="Image token budget: AnyRes grids of at most N tiles (0 = base)."),
         gpu_layers: int = typer.Option(0, "--gpu-layers", min=-1, help="LLM layers to offload to a GPU (llama.cpp GPU build)."),
         no_verify: bool = typer.Option(False, "--no-verify", help="Skip sha256 checks of the bundle files."),
         prefetch: bool = typer.Option(True, "--prefetch/--no-prefetch",
@@ -70,6 +72,7 @@ def register(app: typer.Typer, console, out) -> None:
             engine = DemoEngine(bundle, llm=llm, vision=vision, detector=detector, keyframes=keyframes,
                                 keyframe_interval=keyframe_interval, max_side=max_side, n_threads=threads,
                                 n_gpu_layers=gpu_layers, verify=not no_verify, prefetch=prefetch)
+            engine.session.set_max_tiles(max_tiles)
         if host not in LOCAL_HOSTS and credentials is None:
             console.print(f"[yellow]warning:[/] serving on {host} without --auth: anyone on the network can use "
                           "the camera page and the model")

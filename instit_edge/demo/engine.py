@@ -391,6 +391,7 @@ class DemoEngine:
             raise InstitError("the model is busy answering; switch again when the answer is done")
         try:
             new = EdgeSession.load(self.bundle, llm=llm, vision=vision, **self.load_kw)
+            new.set_max_tiles(getattr(self.session, "max_tiles", None))  # the token budget survives a switch
             old, self.session = self.session, new
             self._encoded.clear()
             _close_session(old)

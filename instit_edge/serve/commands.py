@@ -50,6 +50,8 @@ def register(app: typer.Typer, console, out) -> None:
                                         help="Fetch http(s) image URLs (default: data: URLs only). "
                                              "Local paths and file:// are never read."),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model."),
+        max_tiles: Optional[int] = typer.Option(None, "--max-tiles", min=0,
+                                                help="Image token budget: AnyRes grids of at most N tiles (0 = base)."),
         gpu_layers: int = typer.Option(0, "--gpu-layers", help="LLM layers to offload to a GPU (llama.cpp GPU build)."),
         max_body_mb: float = typer.Option(32.0, "--max-body-mb", help="Largest request body (413 beyond)."),
         max_image_mb: float = typer.Option(16.0, "--max-image-mb", help="Largest encoded image (413 beyond)."),
@@ -95,7 +97,7 @@ def register(app: typer.Typer, console, out) -> None:
 
         engine = ServeEngine(bundle, llm=llm, vision=vision, max_concurrency=max_concurrency, queue_size=queue,
                              n_threads=threads, n_gpu_layers=gpu_layers, verify=not no_verify, model_name=model_name,
-                             load_delay=float(os.environ.get(LOAD_DELAY_ENV, "0") or 0),
+                             load_delay=float(os.environ.get(LOAD_DELAY_ENV, "0") or 0), max_tiles=max_tiles,
                              on_load_failed=load_failed)
         limits = ImageLimits(max_bytes=int(max_image_mb * (1 << 20)), max_pixels=max_image_pixels,
                              allow_urls=allow_urls)

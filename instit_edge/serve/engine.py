@@ -195,13 +195,15 @@ class ServeEngine:
     def __init__(self, bundle: str | Path, llm: str = "f16", vision: str = "fp32", *, max_concurrency: int = 1,
                  queue_size: int = 8, n_threads: int | None = None, n_gpu_layers: int = 0, verify: bool = True,
                  model_name: str | None = None, load_delay: float = 0.0,
-                 loader: Callable[[], object] | None = None, on_load_failed: Callable[[str], None] | None = None):
+                 loader: Callable[[], object] | None = None, on_load_failed: Callable[[str], None] | None = None,
+                 max_tiles: int | None = None):
         if max_concurrency < 1:
             raise InstitError(f"--max-concurrency must be at least 1 (got {max_concurrency})")
         if queue_size < 0:
             raise InstitError(f"--queue must be 0 or more (got {queue_size})")
         self.bundle_path = Path(bundle)
         self.llm_variant, self.vision_variant = llm, vision
+        self.max_tiles = max_tiles
         self.max_concurrency = max_concurrency
         self.queue_size = queue_size
         self.model_name = model_name or self.bundle_path.name
@@ -229,8 +231,10 @@ class ServeEngine:
     def _load_session(self, n_threads, n_gpu_layers, verify):
         from instit_edge.runtime.session import EdgeSession
 
-        return EdgeSession.load(self.bundle_path, llm=self.llm_variant, vision=self.vision_variant,
-                                n_threads=n_threads, n_gpu_layers=n_gpu_layers, verify=verify)
+        s = EdgeSession.load(self.bundle_path, llm=self.llm_variant, vision=self.vision_variant,
+                             n_threads=n_threads, n_gpu_layers=n_gpu_layers, verify=verify)
+        s.set_max_tiles(self.max_tiles)
+        return s
 
     def start(self) -> None:
         """Load the model(s) in a background thread; ``state`` turns ``ready`` (or ``failed``). Idempotent."""
