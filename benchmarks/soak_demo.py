@@ -31,8 +31,9 @@ from bench_demo import ensure_bundle, recorded_frames  # noqa: E402
 
 from instit_edge.demo.engine import DemoEngine  # noqa: E402
 
-QUESTIONS = ("What is [1] doing?", "What is the color of [2]?", "What changed for [1] between <1> and <2>?",
-             "Where is [3] located in the image?")
+# {id}: an instance visible in the viewer's newest frame (IDs are never reused, so fixed IDs go stale)
+QUESTIONS = ("What is [{id}] doing?", "What is the color of [{id}]?", "What changed for [{id}] between <1> and <2>?",
+             "Where is [{id}] located in the image?")
 
 
 def rss_mb() -> float:
@@ -47,13 +48,14 @@ def viewer(engine, frames, stop, fps: float, ask_every: float, k: int, log: list
     period, next_q, i, q = 1.0 / fps, time.monotonic() + ask_every * (0.5 + 0.25 * k), 0, k
     while not stop.is_set():
         t = time.monotonic()
-        engine.process(view, frames[i % len(frames)])
+        res = engine.process(view, frames[i % len(frames)])
         i += 1
         with lock:
             log.append(("frame", k, time.monotonic(), None))
-        if time.monotonic() >= next_q:
+        if time.monotonic() >= next_q and res.instances:
+            visible = [r["id"] for r in res.instances]
             t0 = time.perf_counter()
-            reply = engine.ask(view, QUESTIONS[q % len(QUESTIONS)])
+            reply = engine.ask(view, QUESTIONS[q % len(QUESTIONS)].format(id=visible[q % len(visible)]))
             answered = engine.last.answered
             with lock:
                 log.append(("answer", k, time.monotonic(), (time.perf_counter() - t0) * 1e3 if answered else None))
