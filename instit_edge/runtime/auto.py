@@ -5,9 +5,11 @@ DESIGN.md section 8; time to answer of an image question is mostly prefill, whic
 
 - ``gpu`` (llama.cpp GPU build and layers offloaded): f16 first, the GPU has the FLOPs and the memory
   bandwidth; quantized after.
-- ``bf16`` (AVX512-BF16 or AMX: Zen 4, Sapphire Rapids and later): bf16 first. llama.cpp runs BF16 weights
-  on the bf16 units: prefill 318 tok/s against 205 (f16) and 208-241 (q8_0, q4_k_m) on the edge preset,
-  2 Zen 4 threads. Then q8_0 (fast decode, near-lossless).
+- ``bf16`` (AVX512-BF16: Zen 4): bf16 first. llama.cpp runs BF16 weights on the bf16 units: prefill 318
+  tok/s against 205 (f16) and 208-241 (q8_0, q4_k_m) on the edge preset, 2 Zen 4 threads. Then q8_0.
+  On AMX CPUs the runtime turns llama.cpp's weight repacking off (see ``llm_llamacpp.weight_repacking``)
+  and bf16 loses its edge (measured on a 2-core Xeon: prefill 193 tok/s vs 206 for q8_0 / q4_k_m, decode
+  26 vs 31-32), so such a CPU counts as ``avx512``.
 - ``avx512`` (AVX-512 without BF16): q8_0, then the 4-bit types.
 - ``avx2`` (most laptops) and ``other`` (e.g. ARM / Jetson CPU): q4_0 first (llama.cpp repacks it for its
   fastest CPU kernels; decode 109 tok/s vs 65-71 for q4_k_m), then q4_k_m, iq4_xs, q8_0.
@@ -55,8 +57,14 @@ def device_class(n_gpu_layers: int = 0, flags: set[str] | None = None) -> str:
                 return "gpu"
         except Exception:  # noqa: BLE001 - no llama.cpp: a CPU class
             pass
+    measured = flags is None
     flags = cpu_flags() if flags is None else flags
     if "avx512_bf16" in flags or "amx_bf16" in flags:
+        if measured:
+            from .llm_llamacpp import weight_repacking
+
+            if not weight_repacking():  # AMX workaround: measured here, bf16 prefill 193 tok/s vs q8_0 206
+                return "avx512"
         return "bf16"
     if "avx512f" in flags:
         return "avx512"
