@@ -234,3 +234,32 @@ def test_max_tiles_budget_row_counts(bundles):
     assert s.ask("What is [1]?", image=img, max_new_tokens=2).stats["image_rows"] == side * side + 1
     with pytest.raises(InstitError, match="max-tiles"):
         s.set_max_tiles(-1)
+
+
+def test_stream_can_be_advanced_from_different_threads(bundles):
+    """Gradio and Starlette advance a streaming generator from worker threads: the session's lock must not
+    belong to the thread that started the answer (an RLock raised 'cannot release un-acquired lock')."""
+    import threading
+
+    from instit_edge.runtime.session import EdgeSession
+
+    s = EdgeSession.load(bundles("llava-next-llama-clip"), verify=False)
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    gen = s.stream("What is [1]?", image=img, max_new_tokens=6)
+    pieces, errors = [], []
+
+    def step():
+        try:
+            pieces.append(next(gen, None))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    for _ in range(10):  # every step on a new thread, as a thread pool may do
+        t = threading.Thread(target=step)
+        t.start()
+        t.join()
+        if errors or pieces[-1] is None:
+            break
+    assert not errors, errors
+    pieces = [p for p in pieces if p is not None]
+    assert pieces and s.ask("What is [1]?", image=img, max_new_tokens=2).stats["generated_tokens"] >= 1

@@ -82,8 +82,10 @@ class EdgeSession:
         self._embd_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.cache_size = 64
         self.last_stats: dict = {}
-        # llama.cpp's context is not thread-safe: answers and background prefetches take turns
-        self._lock = threading.RLock()
+        # llama.cpp's context is not thread-safe: answers and background prefetches take turns. A plain Lock,
+        # not an RLock: ``stream`` is a generator that Gradio / Starlette advance from different worker
+        # threads, and an RLock may only be released by the thread that took it
+        self._lock = threading.Lock()
         self._prefetch_pool = None
         self._prefetch_gen = 0
         self.max_tiles: int | None = None  # image token budget (AnyRes tiles); None = the bundle's pinpoints
