@@ -41,18 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from instit_edge.demo.engine import DemoEngine  # noqa: E402
 from instit_edge.marker.synthvideo import moving_shapes  # noqa: E402
+from instit_edge.system import cpu_name  # noqa: E402
 
 QUESTION = "What is [1] doing?"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ensure_bundle(path: Path) -> Path:
@@ -184,7 +177,7 @@ def main(argv=None) -> int:
     import llama_cpp
     import onnxruntime
 
-    env = {"python": platform.python_version(), "cpu": _cpu_name(), "machine": platform.machine(),
+    env = {"python": platform.python_version(), "cpu": cpu_name(), "machine": platform.machine(),
            "threads": args.threads, "llama_cpp_python": llama_cpp.__version__, "onnxruntime": onnxruntime.__version__,
            "bundle": str(bundle), "llm": args.llm, "vision": args.vision, "max_new_tokens": args.max_new_tokens}
     print(f"demo engine benchmark: {bundle} (llm {args.llm}, vision {args.vision}), {args.threads} threads, "

@@ -31,18 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from instit_edge.marker.pipeline import Marker  # noqa: E402
 from instit_edge.marker.synthvideo import moving_shapes, track_metrics  # noqa: E402
+from instit_edge.system import cpu_name  # noqa: E402
 
 STAGES = ("detect_ms", "track_ms", "render_ms")
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def one_core() -> str:
@@ -104,7 +97,7 @@ def main(argv=None) -> int:
     for r in results:
         r["work_width"] = args.work_width or 320
     env = {"python": platform.python_version(), "opencv": cv2.__version__, "numpy": np.__version__,
-           "machine": platform.machine(), "cpu": _cpu_name(),
+           "machine": platform.machine(), "cpu": cpu_name(),
            "cv2_threads": cv2.getNumThreads(), "affinity": pin, "size": f"{W}x{H}", "objects": args.objects}
 
     print(f"marker benchmark, {W}x{H}, {args.objects} moving objects, {args.frames} frames, one core ({pin}), "
