@@ -26,19 +26,11 @@ from ..bundle import Bundle
 from ..errors import InstitError
 
 
-def _available_memory() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
-
-
 def _check_memory(n_params: int) -> None:
     need = n_params * 4 * 4  # fp32 weights, a copy, Hessians and activations: a conservative 4x
-    have = _available_memory()
+    from ..system import available_memory
+
+    have = available_memory()
     if need > have:
         raise InstitError(f"GPTQ needs about {need / 2**30:.1f} GiB of memory for this model but "
                           f"{have / 2**30:.1f} GiB is available; run it on a larger machine or a GPU")

@@ -22,6 +22,7 @@ nothing fits, the smallest one is taken and the reason says so.
 from __future__ import annotations
 
 from ..errors import InstitError
+from ..system import available_memory, cpu_flags
 
 LLM_PREFERENCE = {
     "gpu": ("f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "iq4_xs", "q4_0", "gptq", "f32"),
@@ -34,17 +35,6 @@ VISION_PREFERENCE = {
     "gpu": ("fp16", "fp32", "int8"),
     "cpu": ("int8", "int8s", "fp32", "fp16", "int4-hqq", "int4"),
 }
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def device_class(n_gpu_layers: int = 0, flags: set[str] | None = None) -> str:
@@ -71,17 +61,6 @@ def device_class(n_gpu_layers: int = 0, flags: set[str] | None = None) -> str:
     if "avx2" in flags:
         return "avx2"
     return "other"
-
-
-def available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
 
 
 def choose(bundle, group: str, *, n_gpu_layers: int = 0, memory_budget: int | None = None,

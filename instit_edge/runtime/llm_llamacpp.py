@@ -29,14 +29,9 @@ from ..errors import InstitError
 
 def cpu_has_amx() -> bool:
     """True when this CPU advertises AMX (Intel Sapphire Rapids and later)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_int8" in line.split()
-    except OSError:
-        pass
-    return False
+    from ..system import cpu_flags
+
+    return "amx_int8" in cpu_flags()
 
 
 def weight_repacking() -> bool:

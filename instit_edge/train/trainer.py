@@ -96,9 +96,9 @@ def _check_memory(model, cfg: TrainConfig) -> None:
             raise InstitError(f"training needs about {need / 2**30:.1f} GiB of GPU memory before activations but "
                               f"{free / 2**30:.1f} GiB is free; use --lora 16 or a smaller --batch-size")
         return
-    from ..quant.gptq import _available_memory
+    from ..system import available_memory
 
-    have = _available_memory()
+    have = available_memory()
     if need > have:
         raise InstitError(f"training needs about {need / 2**30:.1f} GiB of memory but {have / 2**30:.1f} GiB "
                           "is available; use --lora 16")
