@@ -7,7 +7,7 @@ The standard set builds the ``edge`` preset once (checkpoint, bundle with f16 / 
 and fp32 / int8 vision, cached under OUT/models), then measures every configuration in a fresh process:
 the bundle runtime per LLM variant, transformers fp32 (eager, sdpa), ONNX vision vs libmtmd, the marker
 and the memory roofline. It writes OUT/results.json, OUT/report.md and OUT/*.png and prints the report.
-Same as ``instit-edge bench edge --out OUT``; see :mod:`instit_edge.benchmark`.
+Same as ``instit-edge bench edge --out OUT``; see :mod:`instit_edge.bench`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from instit_edge.benchmark import BenchConfig, run_benchmark
+from instit_edge.bench.runner import BenchConfig, run_benchmark
 from instit_edge.errors import InstitError
 
 STANDARD = {"target": "edge", "variants": "f16,q8_0,q4_k_m,gptq", "vision": "fp32,int8", "reps": 3, "warmup": 1,

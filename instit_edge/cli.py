@@ -321,7 +321,7 @@ def _register_plugins() -> None:
     import importlib
 
     for mod in ("instit_edge.marker.commands", "instit_edge.eval.commands", "instit_edge.demo.commands",
-                "instit_edge.bench_commands", "instit_edge.serve.commands", "instit_edge.models.commands",
+                "instit_edge.bench.commands", "instit_edge.serve.commands", "instit_edge.models.commands",
                 "instit_edge.annotate.commands"):
         try:
             m = importlib.import_module(mod)

@@ -108,7 +108,7 @@ def test_edge_tokenizer_reaches_a_few_thousand_tokens():
 
 def test_noisy_machine_is_detected_not_reported():
     """A loaded machine at the start or repetitions that disagree by > 20% mark the run NOISY."""
-    from instit_edge.benchmark import noise_reasons
+    from instit_edge.bench.analysis import noise_reasons
 
     quiet = {"machine": {"loadavg_start": [0.4, 0.3, 0.2], "cpus": 2},
              "runs": [{"llm": "f16", "vision": "fp32", "reps": [{"total_s": 1.0}, {"total_s": 1.1}]}]}

@@ -1,4 +1,4 @@
-"""``instit-edge bench``: the benchmark command (the library part is :mod:`instit_edge.benchmark`)."""
+"""``instit-edge bench``: the benchmark command (the library part is :func:`instit_edge.bench.runner.run_benchmark`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .errors import InstitError
+from ..errors import InstitError
 
 
 def _split(csv: str) -> list[str]:
@@ -43,7 +43,7 @@ def register(app: typer.Typer, console, out) -> None:
         quick: bool = typer.Option(False, "--quick", help="Reduced run: one repetition, no warm-up, 16 tokens."),
     ):
         """Benchmark a bundle against transformers fp32, llama.cpp's vision path and the memory roofline."""
-        from .benchmark import BenchConfig, run_benchmark
+        from .runner import BenchConfig, run_benchmark
 
         if image is not None and not image.exists():
             raise InstitError(f"image not found: {image}")

@@ -1,0 +1,114 @@
+"""Measurements shared by the parent and the children: summaries of repetitions, peak RSS, the machine,
+and the weight bytes a decoded token reads from a GGUF file."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def summarize(values) -> dict | None:
+    """median, min, max, spread (max - min) and every value; None when there are none."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
+            "spread": max(vals) - min(vals), "n": len(vals), "values": vals}
+
+
+def peak_rss() -> dict:
+    """This process's peak resident set (MB): ru_maxrss and /proc VmHWM (Linux), current VmRSS."""
+    import resource
+
+    out = {"ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if sys.platform == "darwin":  # bytes there
+        out["ru_maxrss_mb"] /= 1024.0
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                k, v = line.split(":", 1)
+                out[k.strip().lower() + "_mb"] = int(v.split()[0]) / 1024.0
+    except OSError:
+        pass
+    out["peak_mb"] = max(out.get("vmhwm_mb", 0.0), out["ru_maxrss_mb"])
+    return out
+
+
+def machine_info() -> dict:
+    info = {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    try:
+        txt = Path("/proc/cpuinfo").read_text()
+        names = [ln.split(":", 1)[1].strip() for ln in txt.splitlines() if ln.startswith("model name")]
+        if names:
+            info["cpu"] = names[0]
+        flags = next((ln for ln in txt.splitlines() if ln.startswith("flags")), "")
+        info["simd"] = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+                                if f" {f}" in flags)
+    except OSError:
+        info["cpu"] = platform.processor() or platform.machine()
+    try:
+        mem = Path("/proc/meminfo").read_text().splitlines()[0]
+        info["memory_gb"] = round(int(mem.split()[1]) / 2**20, 1)
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        info["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    for mod in ("llama_cpp", "onnxruntime", "numpy", "torch", "transformers"):
+        info[mod] = _version(mod)
+    return info
+
+
+def _version(mod: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    name = {"llama_cpp": "llama-cpp-python"}.get(mod, mod)
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def gguf_weight_bytes(path: str | Path) -> dict:
+    """Bytes of weights a decoded token reads: every tensor but ``token_embd`` (a row lookup).
+
+    When the model has no ``output.weight`` (tied embeddings), ``token_embd`` is the output matrix and is read.
+    """
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    by_type: dict[str, int] = {}
+    total = embd = 0
+    has_output = False
+    for t in r.tensors:
+        nb = int(t.n_bytes)
+        if t.name == "token_embd.weight":
+            embd = nb
+            continue
+        if t.name == "output.weight":
+            has_output = True
+        total += nb
+        by_type[t.tensor_type.name] = by_type.get(t.tensor_type.name, 0) + nb
+    if not has_output:
+        total += embd
+    meta = {}
+    for k, f in r.fields.items():
+        for key in ("block_count", "attention.head_count_kv", "attention.head_count", "embedding_length"):
+            if k.endswith("." + key):
+                try:
+                    meta[key] = int(f.parts[-1][0])
+                except (TypeError, ValueError, IndexError):
+                    pass
+    n_layer, n_head_kv = meta.get("block_count"), meta.get("attention.head_count_kv")
+    head_dim = (meta["embedding_length"] // meta["attention.head_count"]
+                if meta.get("embedding_length") and meta.get("attention.head_count") else None)
+    return {"bytes_per_token": total, "token_embd_bytes": embd, "file_bytes": Path(path).stat().st_size,
+            "by_type": by_type, "tied_output": not has_output, "n_layer": n_layer, "n_head_kv": n_head_kv,
+            "head_dim": head_dim}

@@ -1,0 +1,180 @@
+"""The parent of a benchmark run: builds or finds the bundle, runs every configuration in a child process
+(:mod:`instit_edge.bench.children`), then hands the results to the analysis and the reports. numpy only; no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..errors import InstitError
+from .analysis import analyse
+from .measure import machine_info
+from .report import write_reports
+from .spec import TARGETS, BenchConfig
+
+
+class _Runner:
+    def __init__(self, cfg: BenchConfig, log):
+        self.cfg, self.log = cfg, log
+        self.work = Path(tempfile.mkdtemp(prefix="instit-bench-"))
+        self.stage_s: dict[str, float] = {}
+        self.errors: list[str] = []
+
+    def run(self, task: str, args: dict, label: str, cwd: Path | None = None, timeout: int | None = None):
+        """Run one child; return its JSON, or None (the error is recorded) when it fails."""
+        ap, op = self.work / f"{label}.args.json", self.work / f"{label}.out.json"
+        ap.write_text(json.dumps(args, default=str))
+        env = dict(os.environ)
+        th = str(self.cfg.threads)
+        env.update(OMP_NUM_THREADS=th, MKL_NUM_THREADS=th, OPENBLAS_NUM_THREADS=th, TOKENIZERS_PARALLELISM="false",
+                   GPTQMODEL_CPU_WORKERS=th, PYTHONWARNINGS="ignore")
+        repo = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.log(f"[bench] {label} ...")
+        t = time.perf_counter()
+        try:
+            p = subprocess.run([sys.executable, "-m", "instit_edge.bench.children", task, str(ap), str(op)], check=False,
+                               cwd=str(cwd) if cwd else None, env=env, capture_output=True, text=True,
+                               timeout=timeout or self.cfg.child_timeout_s)
+            rc, err = p.returncode, p.stderr
+        except subprocess.TimeoutExpired:
+            rc, err = -1, f"timed out after {timeout or self.cfg.child_timeout_s} s"
+        dt = time.perf_counter() - t
+        self.stage_s[label] = round(dt, 2)
+        if rc != 0 or not op.exists():
+            tail = [ln for ln in (err or "").strip().splitlines() if ln.strip()][-1:] or ["(no output)"]
+            msg = f"{label}: failed (exit {rc}): {tail[0][:300]}"
+            self.errors.append(msg)
+            self.log(f"[bench] {msg}")
+            return None
+        self.log(f"[bench] {label} done in {dt:.1f} s")
+        return json.loads(op.read_text())
+
+
+def _is_preset(target: str) -> bool:
+    from ..models.tiny import PRESETS
+
+    return target in PRESETS and not Path(target).exists()
+
+
+def run_benchmark(cfg: BenchConfig, log=None) -> dict:
+    """Run the whole benchmark; write results.json, report.md and the plots under ``cfg.out``; return the results."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    t_start = time.perf_counter()
+    out = cfg.out.resolve()  # children run in other working directories: absolute paths only
+    out.mkdir(parents=True, exist_ok=True)
+    r = _Runner(cfg, log)
+    res: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                 "machine": machine_info(), "targets": TARGETS, "notes": []}
+    notes = res["notes"]
+
+    # ---- model + bundle
+    if _is_preset(cfg.target):
+        models = out / "models" / cfg.target
+        models.mkdir(parents=True, exist_ok=True)
+        built = r.run("build", {"models": str(models), "preset": cfg.target, "variants": cfg.variants,
+                                "vision": cfg.vision, "threads": cfg.threads}, "build", cwd=models, timeout=3600)
+        if built is None:
+            raise InstitError(f"could not build the {cfg.target} preset: {r.errors[-1]}")
+        bundle_dir, checkpoint = Path(built["bundle"]), built["checkpoint"]
+        res["build"] = built
+        res["preset"] = cfg.target
+    else:
+        from ..bundle import Bundle
+
+        bundle_dir = Path(cfg.target).resolve()
+        if not (bundle_dir / "bundle.json").exists():
+            raise InstitError(f"{bundle_dir} is neither a bundle directory nor a preset (tiny, edge)")
+        checkpoint = Bundle.load(bundle_dir, verify=False).manifest.get("source", {}).get("model")
+        if checkpoint and Path(checkpoint).exists():
+            checkpoint = str(Path(checkpoint).resolve())
+        res["preset"] = None
+        res["build"] = {"bundle": str(bundle_dir), "checkpoint": checkpoint, "cached": True}
+    from ..bundle import Bundle
+
+    b = Bundle.load(bundle_dir, verify=False)
+    res["architecture"] = b.architecture
+    variants = [v for v in cfg.variants if v in b.variants("llm")]
+    for v in cfg.variants:
+        if v not in variants:
+            notes.append(f"LLM variant {v} is not in the bundle: skipped")
+    visions = [v for v in cfg.vision if v in b.variants("vision")]
+    for v in cfg.vision:
+        if v not in visions:
+            notes.append(f"vision variant {v} is not in the bundle: skipped")
+    if not variants or not visions:
+        raise InstitError("none of the requested LLM / vision variants is in the bundle")
+
+    # ---- the image and the question
+    if cfg.image:
+        scene = {"image": str(Path(cfg.image).resolve()), "question": cfg.question or "Describe [1] and its position in the image.",
+                 "short_question": cfg.question}
+    else:
+        scene = r.run("scene", {"dir": str(out / "models" / f"scene-{cfg.image_size[0]}x{cfg.image_size[1]}"),
+                                "size": list(cfg.image_size)}, "scene")
+        if scene is None:
+            raise InstitError(f"could not build the benchmark scene: {r.errors[-1]}")
+        if cfg.question:
+            scene["question"] = scene["short_question"] = cfg.question
+            scene["followups"] = []
+    if not scene.get("followups"):
+        scene["followups"] = [f"{scene['question']} Answer in one sentence.", f"{scene['question']} Be brief."]
+    res["input"] = scene
+    common = {"bundle": str(bundle_dir), "image": scene["image"], "question": scene["question"],
+              "followups": scene["followups"], "threads": cfg.threads, "reps": cfg.reps, "warmup": cfg.warmup, "new_tokens": cfg.new_tokens}
+
+    # ---- roofline bandwidth (first: the machine is as quiet as it will be)
+    res["bandwidth"] = r.run("roofline", {"mb": cfg.roofline_mb, "threads": cfg.threads, "reps": 5}, "bandwidth")
+
+    # ---- vision: ONNX variants vs libmtmd
+    res["vision"] = r.run("vision", {**common, "vision": visions, "mtmd": cfg.mtmd}, "vision")
+
+    # ---- the bundle runtime per LLM variant (first vision variant), + the deploy pairs (q4_k_m with the others)
+    runs = []
+    pairs = [(v, visions[0]) for v in variants]
+    deploy = "q4_k_m" if "q4_k_m" in variants else variants[-1]
+    pairs += [(deploy, vv) for vv in visions[1:]]
+    for llm, vis in pairs:
+        x = r.run("llm", {**common, "llm": llm, "vision": vis}, f"llm-{llm}-{vis}")
+        if x is not None:
+            runs.append(x)
+
+    # ---- the transformers baseline
+    base_reps = cfg.baseline_reps or cfg.reps
+    if cfg.baseline and checkpoint and Path(checkpoint).exists():
+        groups = [cfg.baseline] if cfg.baseline_shared_process else [[i] for i in cfg.baseline]
+        for g in groups:
+            x = r.run("torch", {**common, "reps": base_reps, "checkpoint": checkpoint, "impls": g},
+                      "transformers-" + "+".join(g))
+            if x is not None:
+                runs.extend(x["results"])
+        if cfg.baseline_shared_process and len(cfg.baseline) > 1:
+            notes.append("transformers eager and sdpa ran in one process (quick mode): their peak RSS is shared")
+    elif cfg.baseline:
+        notes.append(f"no transformers baseline: source checkpoint {checkpoint!r} not found")
+    res["runs"] = runs
+
+    # ---- marker
+    if cfg.marker:
+        res["marker"] = r.run("marker", {"size": list(cfg.image_size), "frames": cfg.marker_frames,
+                                         "threads": cfg.threads, "detectors": ["motion", "static"]}, "marker")
+    # ---- analysis
+    analyse(res, b, variants, cfg)
+    res["errors"] = r.errors
+    res["stage_s"] = r.stage_s
+    res["wall_s"] = round(time.perf_counter() - t_start, 1)
+    try:
+        res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    write_reports(res, out)
+    import shutil
+
+    shutil.rmtree(r.work, ignore_errors=True)  # the children's argument / result files
+    return res
