@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 
 from instit_edge.errors import InstitError
-from instit_edge.marker.detectors import Detection, ManualDetector, make_detector, parse_manual
+from instit_edge.marker.base import Detection, make_detector
 from instit_edge.marker.instances import Instance, check_question, visible_ids
 from instit_edge.marker.live import LiveMarker
+from instit_edge.marker.manual import ManualDetector, parse_manual
 from instit_edge.marker.pipeline import Marker
 from instit_edge.marker.synthvideo import easy_set, moving_shapes, track_metrics, world_clips
 from instit_edge.marker.tracker import ByteTracker

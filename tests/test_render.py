@@ -10,18 +10,16 @@ import cv2
 import numpy as np
 import pytest
 
-from instit_edge.data.synth import SHAPES, build_world, shape_mask
+from instit_edge.data.synth import build_world
+from instit_edge.drawing import PALETTE, SHAPES, color_for, shape_mask, text_color_for
 from instit_edge.errors import InstitError
 from instit_edge.marker.render import (
-    PALETTE,
     STYLES,
     Mark,
-    color_for,
     draw_marks,
     label_anchor,
     label_rects,
     place_labels,
-    text_color_for,
 )
 
 

@@ -26,18 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from instit_edge.drawing import COLORS, SHAPES, shape_mask
 from instit_edge.errors import InstitError
 
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 35, 35),
-    "green": (40, 175, 60),
-    "blue": (45, 90, 235),
-    "yellow": (245, 215, 35),
-    "purple": (150, 55, 200),
-    "orange": (250, 140, 20),
-    "white": (245, 245, 245),
-}
-SHAPES = ("circle", "square", "triangle", "star", "ring", "cross")
 SIZES = {"small": 0.075, "large": 0.125}  # radius as a fraction of min(W, H)
 IMAGE_SIZES = ((336, 336), (448, 336), (336, 448), (512, 288), (384, 384))
 DIRECTIONS = ("left", "right", "up", "down")
@@ -55,37 +46,6 @@ def _plural(shape: str) -> str:
 # --------------------------------------------------------------------------
 # drawing
 # --------------------------------------------------------------------------
-
-
-def shape_mask(shape: str, cx: float, cy: float, r: float, height: int, width: int) -> np.ndarray:
-    """Exact bool mask of one shape centred at (cx, cy) with radius ``r``."""
-    m = np.zeros((height, width), np.uint8)
-    c = (int(round(cx)), int(round(cy)))
-    ri = int(round(r))
-    if shape == "circle":
-        cv2.circle(m, c, ri, 1, -1)
-    elif shape == "ring":
-        cv2.circle(m, c, ri, 1, -1)
-        cv2.circle(m, c, int(round(r * 0.55)), 0, -1)
-    elif shape == "square":
-        s = int(round(r * 0.82))
-        cv2.rectangle(m, (c[0] - s, c[1] - s), (c[0] + s, c[1] + s), 1, -1)
-    elif shape == "cross":
-        a, w = ri, int(round(r * 0.3))
-        cv2.rectangle(m, (c[0] - a, c[1] - w), (c[0] + a, c[1] + w), 1, -1)
-        cv2.rectangle(m, (c[0] - w, c[1] - a), (c[0] + w, c[1] + a), 1, -1)
-    elif shape in ("triangle", "star"):
-        if shape == "triangle":
-            ang = np.deg2rad([-90, 30, 150])
-            rad = np.full(3, r * 1.1)
-        else:
-            ang = np.deg2rad(-90 + 36 * np.arange(10))
-            rad = np.where(np.arange(10) % 2 == 0, r * 1.05, r * 0.5)
-        pts = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 1)
-        cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1)
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
-    return m.view(bool)
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, str]:

@@ -41,9 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from instit_edge.errors import InstitError
-from instit_edge.marker.detectors import Detection, Detector, ManualDetector, make_detector
+from instit_edge.marker.base import Detection, Detector, make_detector
 from instit_edge.marker.instances import visible_ids
 from instit_edge.marker.live import Keyframe
+from instit_edge.marker.manual import ManualDetector
 from instit_edge.marker.pipeline import Marker
 from instit_edge.marker.tracker import iou_matrix
 from instit_edge.prompting import find_ids, find_timestamps, format_ids

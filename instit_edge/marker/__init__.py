@@ -1,8 +1,9 @@
 """The on-device marker: detect -> track (persistent IDs) -> draw Set-of-Marks, live or over a video.
 
-Modules, one concern each: ``detectors`` (interface, motion / static /
-manual, factory), ``onnx_yolo`` (YOLO ONNX), ``mediapipe_tasks`` (face /
-person / tflite, optional), ``models`` (mediapipe model cache), ``tracker``
+Modules, one concern each: ``base`` (the Detection type, the Detector
+interface, the factory table), one module per detector (``motion``,
+``static``, ``manual``, ``onnx_yolo`` (YOLO ONNX), ``mediapipe_tasks`` (face /
+person / tflite, optional)); each imports only ``base``; ``models`` (mediapipe model cache), ``tracker``
 (ByteTrack-style IDs), ``instances`` (per-frame output, question checks),
 ``render`` (drawing), ``pipeline`` (one frame through all stages),
 ``sources`` (camera / file / folder / iterator), ``live`` (LiveMarker),
@@ -12,8 +13,8 @@ The names below are imported lazily so ``import instit_edge.marker`` stays cheap
 """
 
 _EXPORTS = {
-    "Detection": "detectors", "Detector": "detectors", "MotionDetector": "detectors",
-    "StaticDetector": "detectors", "ManualDetector": "detectors", "make_detector": "detectors",
+    "Detection": "base", "Detector": "base", "make_detector": "base",
+    "MotionDetector": "motion", "StaticDetector": "static", "ManualDetector": "manual",
     "OnnxYoloDetector": "onnx_yolo",
     "ByteTracker": "tracker",
     "Instance": "instances", "visible_ids": "instances", "check_question": "instances",

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from instit_edge.errors import InstitError
-from instit_edge.marker.detectors import Detection, Detector, blobs_to_detections
+from instit_edge.marker.base import Detection, Detector, blobs_to_detections
 
 _INSTALL = "pip install 'instit-edge[demo]'"
 
@@ -150,3 +150,9 @@ def make_mediapipe_detector(kind: str, path=None, **kwargs) -> Detector:
     if kind == "tflite":
         return TfliteObjectDetector(path, **kwargs)
     raise InstitError(f"unknown mediapipe detector {kind!r} (face, person, tflite:PATH)")
+
+
+def from_spec(name: str, arg: str, *, want_masks: bool = False, **kwargs) -> Detector:
+    if name == "tflite":
+        return make_mediapipe_detector("tflite", path=arg, **kwargs)
+    return make_mediapipe_detector(name, **kwargs)

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from instit_edge.errors import InstitError
-from instit_edge.marker.detectors import Detection, Detector
+from instit_edge.marker.base import Detection, Detector
 
 COCO_NAMES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -203,3 +203,7 @@ class OnnxYoloDetector(Detector):
             if b[2] - b[0] >= 1 and b[3] - b[1] >= 1:
                 out_dets.append(Detection(tuple(float(v) for v in b), None, self.label(int(k)), float(sc)))
         return out_dets
+
+
+def from_spec(name: str, arg: str, *, want_masks: bool = False, **kwargs) -> OnnxYoloDetector:
+    return OnnxYoloDetector(arg, **kwargs)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from instit_edge.errors import InstitError
-from instit_edge.marker.detectors import check_frame, make_detector
+from instit_edge.marker.base import check_frame, make_detector
 from instit_edge.marker.instances import Instance, check_question, visible_ids
 from instit_edge.marker.render import STYLES, draw_marks
 from instit_edge.marker.tracker import ByteTracker

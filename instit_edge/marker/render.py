@@ -25,17 +25,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from instit_edge.drawing import color_for, text_color_for
 from instit_edge.errors import InstitError
 
 STYLES = ("id", "box", "box+id", "mask+id", "contour+id", "none")
-
-# 20 well separated colours (RGB); ID i uses PALETTE[(i - 1) % 20].
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
-    (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195),
-    (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128), (255, 225, 25),
-)
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -64,17 +57,6 @@ class Label:
     def center(self) -> tuple[int, int]:
         x0, y0, x1, y1 = self.rect
         return ((x0 + x1) // 2, (y0 + y1) // 2)
-
-
-def color_for(instance_id: int) -> tuple[int, int, int]:
-    """The fixed RGB colour of an instance ID."""
-    return PALETTE[(int(instance_id) - 1) % len(PALETTE)]
-
-
-def text_color_for(bg: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Black on light backgrounds, white on dark ones (Rec. 601 luma)."""
-    r, g, b = bg
-    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
 
 
 def _font_params(image_shape) -> tuple[float, int, int]:

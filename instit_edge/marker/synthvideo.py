@@ -2,8 +2,8 @@
 
 The synthetic Inst-IT world (:mod:`instit_edge.data.synth`) writes *marked*
 frames (IDs already drawn), which a marker must not see. This module renders
-unmarked clips from the same ingredients (:func:`~instit_edge.data.synth.shape_mask`,
-:data:`~instit_edge.data.synth.COLORS`):
+unmarked clips from the same ingredients (:func:`~instit_edge.drawing.shape_mask`,
+:data:`~instit_edge.drawing.COLORS`):
 
 * :func:`moving_shapes`: shapes on straight, well-separated paths at camera
   frame rates (a few pixels per frame), optionally hidden for a span of
@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from instit_edge.data.synth import COLORS, shape_mask
+from instit_edge.drawing import COLORS, shape_mask
 
 Box = tuple[int, int, int, int]
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from instit_edge.marker.detectors import Detection
+from instit_edge.marker.base import Detection
 from instit_edge.marker.instances import Instance
 
 TENTATIVE, TRACKED, LOST = "tentative", "tracked", "lost"
