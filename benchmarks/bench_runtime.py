@@ -22,15 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from instit_edge.bench.runner import BenchConfig, run_benchmark
 from instit_edge.errors import InstitError
+from instit_edge.system import split_csv
 
 STANDARD = {"target": "edge", "variants": "f16,q8_0,q4_k_m,gptq", "vision": "fp32,int8", "reps": 3, "warmup": 1,
             "new_tokens": 64, "baseline_reps": 2}
 QUICK = {"target": "tiny", "variants": "f16,q4_k_m", "vision": "fp32,int8", "reps": 1, "warmup": 0,
          "new_tokens": 16, "baseline_reps": 1}
-
-
-def _csv(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
 
 
 def main(argv=None) -> int:
@@ -58,9 +55,9 @@ def main(argv=None) -> int:
 
     try:
         cfg = BenchConfig(
-            target=pick("target"), out=args.out, variants=_csv(pick("variants")), vision=_csv(pick("vision")),
+            target=pick("target"), out=args.out, variants=split_csv(pick("variants")), vision=split_csv(pick("vision")),
             threads=args.threads, reps=pick("reps"), warmup=pick("warmup"), new_tokens=pick("new_tokens"),
-            baseline=_csv(args.baseline), baseline_reps=pick("baseline_reps"), baseline_shared_process=args.quick,
+            baseline=split_csv(args.baseline), baseline_reps=pick("baseline_reps"), baseline_shared_process=args.quick,
             mtmd=not args.no_mtmd, marker=not args.no_marker, marker_frames=30 if args.quick else 120,
             roofline_mb=128 if args.quick else 512, quick=args.quick,
         )

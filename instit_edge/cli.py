@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from .errors import InstitError
+from .system import split_csv
 
 app = typer.Typer(
     add_completion=False,
@@ -32,10 +33,6 @@ out = Console()
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")):
     """instit-edge: export LLaVA / LLaVA-Next to GGUF + ONNX bundles and ask instance questions on device."""
-
-
-def _split(csv: str) -> list[str]:
-    return [s.strip() for s in csv.split(",") if s.strip()]
 
 
 class _QuietOnErrorProgress(Progress):
@@ -164,7 +161,7 @@ def export(
     from .models.loading import check_checkpoint
 
     check_checkpoint(model)
-    lt, vt = tuple(_split(llm_types)), tuple(_split(vision_types))
+    lt, vt = tuple(split_csv(llm_types)), tuple(split_csv(vision_types))
     prog, step = _steps(2 + len(lt) + len(vt) + int(mmproj), "export")
     with prog:
         b = export_bundle(model, out_dir, force=force, llm_types=lt, vision_types=vt, mmproj=mmproj, progress=step,
@@ -202,7 +199,7 @@ def quantize(
 
     if imatrix not in ("auto", "on", "off"):
         raise InstitError(f"--imatrix must be auto, on or off, got {imatrix!r}")
-    lt, vt = _split(llm), _split(vision)
+    lt, vt = split_csv(llm), split_csv(vision)
     prog, step = _steps(1 + len(lt) + len(vt) + int(imatrix != "off" and bool(lt)) + int(gptq), "quantize")
     with prog:
         rows = quantize_bundle(bundle, lt, vt, calib=calib, imatrix=imatrix, model=model, n_threads=threads,

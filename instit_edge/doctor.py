@@ -7,14 +7,7 @@ import platform
 import shutil
 from pathlib import Path
 
-
-def _version(mod: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(mod)
-    except Exception:
-        return None
+from .system import package_version
 
 
 def opencv_wheels() -> list[str]:
@@ -79,7 +72,7 @@ def run_doctor(out_dir: str | Path = "out") -> tuple[list[tuple[str, bool | None
     try:
         import llama_cpp
 
-        detail = f"llama-cpp-python {_version('llama-cpp-python')}"
+        detail = f"llama-cpp-python {package_version('llama-cpp-python')}"
         gpu = bool(llama_cpp.llama_supports_gpu_offload())
         detail += f"; GPU offload: {'yes' if gpu else 'no (CPU build)'}"
         try:
@@ -132,7 +125,7 @@ def run_doctor(out_dir: str | Path = "out") -> tuple[list[tuple[str, bool | None
     except Exception:
         rows.append(("torch", None, "not installed: needed for export / train (`pip install 'instit-edge[export]'`)"))
     for pkg in ("transformers", "gguf", "onnx", "gptqmodel", "gradio", "mediapipe", "peft"):
-        v = _version(pkg)
+        v = package_version(pkg)
         rows.append((pkg, True if v else None, v or "not installed (optional)"))
     env_rows, env_missing = _environment_rows(Path(out_dir))
     rows += env_rows

@@ -289,6 +289,14 @@ def build_oe_prompt(question: str, split: str = "image") -> str:
     return f"{pre}\n{post}\n{question}"
 
 
+def official_prompt(item) -> str:
+    """The official Inst-IT Bench input text of a bench item (``format``, ``question``, ``options``,
+    ``split``), without chat template or image token: what evaluation, calibration and training all ask."""
+    if item.format == "mc":
+        return build_mc_prompt(item.question, item.options or {}, item.split)
+    return build_oe_prompt(item.question, item.split)
+
+
 def judge_prompt(split: str = "image") -> str:
     """The official GPT-4o judge instruction for open-ended answers of ``split``."""
     return JUDGE_PROMPTS[_check_split(split)]
@@ -558,3 +566,26 @@ def score_mc(predictions: Sequence[Mapping], mode: str = "official") -> dict:
             correct += letter == pred["ground_truth"]
     accuracy = correct / valid * 100 if valid else None
     return {"accuracy": accuracy, "total": len(predictions), "valid": valid, "correct": correct}
+
+
+def pick_template(processor, llm_arch: str, override: str | None = None) -> str:
+    """The chat template a bundle records: ``override`` (``--template``), else the checkpoint's own
+    ``chat_template`` when it renders like one of ours, else the LLM family's default."""
+    if override:
+        if override not in CHAT_TEMPLATES:
+            raise InstitError(f"unknown --template {override!r}; choose one of {', '.join(CHAT_TEMPLATES)}")
+        return override
+    tok = getattr(processor, "tokenizer", processor)
+    jinja = getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None)
+    if isinstance(jinja, dict):  # several named templates: the default one
+        jinja = jinja.get("default")
+    if jinja:
+        name = identify_chat_template(jinja, getattr(tok, "bos_token", None), getattr(tok, "eos_token", None))
+        if name is None:
+            raise InstitError("the checkpoint's chat_template renders like none of the supported templates; "
+                              f"pass --template NAME (one of {', '.join(CHAT_TEMPLATES)})")
+        return name
+    if llm_arch not in FAMILY_TEMPLATES:
+        raise InstitError(f"no default chat template for LLM {llm_arch!r}; pass --template NAME "
+                          f"(one of {', '.join(CHAT_TEMPLATES)})")
+    return FAMILY_TEMPLATES[llm_arch]

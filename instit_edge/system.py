@@ -1,4 +1,5 @@
-"""Facts about this machine that several stages report (doctor, model cards, benchmarks)."""
+"""Facts about this machine that several stages report (doctor, model cards, benchmarks), and the one
+small helper every command line uses (comma lists)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,18 @@ def available_memory() -> int:
     except OSError:
         pass
     return 1 << 62
+
+
+def package_version(dist: str) -> str | None:
+    """The installed version of a distribution (``llama-cpp-python``, ``torch``, ...), or None."""
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:  # noqa: BLE001 - not installed, or broken metadata: unknown either way
+        return None
+
+
+def split_csv(csv: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma list from the command line."""
+    return [s.strip() for s in csv.split(",") if s.strip()]

@@ -14,7 +14,7 @@ SIZES = [(40, 70), (100, 30), (33, 33), (64, 128), (17, 90), (200, 150), (31, 64
 def test_preprocess_and_packing_match_hf(tiny_models, combo):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from instit_edge.export.onnx_vision import vision_module
+    from instit_edge.models.vision import vision_module
 
     path = tiny_models(combo)
     proc = AutoProcessor.from_pretrained(path)

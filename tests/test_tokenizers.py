@@ -238,8 +238,8 @@ def test_checkpoint_chat_template_wins_and_template_option_overrides():
     from types import SimpleNamespace
 
     from instit_edge.errors import InstitError
-    from instit_edge.export.bundle_writer import pick_template
     from instit_edge.models.tiny import CHATML_TEMPLATE, MISTRAL_TEMPLATE, VICUNA_TEMPLATE
+    from instit_edge.prompting import pick_template
 
     def proc(jinja, bos="<s>"):
         return SimpleNamespace(chat_template=jinja, tokenizer=SimpleNamespace(chat_template=jinja, bos_token=bos,

@@ -93,7 +93,7 @@ def _warm_bundle(s) -> None:
 def _warm_torch(model, ts) -> None:
     import torch
 
-    from ..export.onnx_vision import vision_module
+    from ..models.vision import vision_module
 
     ids = ts.processor.tokenizer(WARM_TEXT, return_tensors="pt")["input_ids"][:, :32]
     emb = model.get_input_embeddings()
@@ -114,7 +114,7 @@ def _child_torch(a: dict) -> dict:
     torch.set_num_threads(int(a["threads"]))
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from ..export.bundle_writer import TEMPLATES
+    from ..prompting import FAMILY_TEMPLATES
     from ..runtime.torch_ref import TorchSession
 
     arr, question = _load_question(a)
@@ -125,7 +125,7 @@ def _child_torch(a: dict) -> dict:
         proc = AutoProcessor.from_pretrained(a["checkpoint"])
         model = AutoModelForImageTextToText.from_pretrained(a["checkpoint"], dtype=torch.float32,
                                                             attn_implementation=impl).eval()
-        ts = TorchSession(model, proc, TEMPLATES[model.config.text_config.model_type],
+        ts = TorchSession(model, proc, FAMILY_TEMPLATES[model.config.text_config.model_type],
                           {"pool_stride": 2, "pool_mode": "average", "max_frames": 32}, "cpu", {})
         load_s = time.perf_counter() - t
         emb = model.get_input_embeddings()

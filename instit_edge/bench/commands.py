@@ -7,10 +7,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InstitError
-
-
-def _split(csv: str) -> list[str]:
-    return [s.strip() for s in csv.split(",") if s.strip()]
+from ..system import split_csv
 
 
 def _size(s: str) -> tuple[int, int]:
@@ -47,9 +44,9 @@ def register(app: typer.Typer, console, out) -> None:
 
         if image is not None and not image.exists():
             raise InstitError(f"image not found: {image}")
-        cfg = BenchConfig(target=target, out=out_dir, variants=_split(variants), vision=_split(vision),
+        cfg = BenchConfig(target=target, out=out_dir, variants=split_csv(variants), vision=split_csv(vision),
                           threads=threads, reps=1 if quick else reps, warmup=0 if quick else warmup,
-                          new_tokens=16 if quick else new_tokens, baseline=_split(baseline),
+                          new_tokens=16 if quick else new_tokens, baseline=split_csv(baseline),
                           baseline_reps=baseline_reps or None, baseline_shared_process=quick,
                           image=str(image) if image else None, question=question, image_size=_size(image_size),
                           mtmd=mtmd, marker=marker, marker_frames=30 if quick else 120,

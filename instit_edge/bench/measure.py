@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..system import cpu_flags, cpu_name, package_version
+
 
 def summarize(values) -> dict | None:
     """median, min, max, spread (max - min) and every value; None when there are none."""
@@ -42,16 +44,9 @@ def peak_rss() -> dict:
 def machine_info() -> dict:
     info = {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    try:
-        txt = Path("/proc/cpuinfo").read_text()
-        names = [ln.split(":", 1)[1].strip() for ln in txt.splitlines() if ln.startswith("model name")]
-        if names:
-            info["cpu"] = names[0]
-        flags = next((ln for ln in txt.splitlines() if ln.startswith("flags")), "")
-        info["simd"] = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-                                if f" {f}" in flags)
-    except OSError:
-        info["cpu"] = platform.processor() or platform.machine()
+    info["cpu"] = cpu_name()
+    flags = cpu_flags()
+    info["simd"] = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags)
     try:
         mem = Path("/proc/meminfo").read_text().splitlines()[0]
         info["memory_gb"] = round(int(mem.split()[1]) / 2**20, 1)
@@ -62,18 +57,8 @@ def machine_info() -> dict:
     except OSError:
         pass
     for mod in ("llama_cpp", "onnxruntime", "numpy", "torch", "transformers"):
-        info[mod] = _version(mod)
+        info[mod] = package_version({"llama_cpp": "llama-cpp-python"}.get(mod, mod))
     return info
-
-
-def _version(mod: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    name = {"llama_cpp": "llama-cpp-python"}.get(mod, mod)
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def gguf_weight_bytes(path: str | Path) -> dict:

@@ -106,15 +106,6 @@ class TorchBackend:
         return self.session.logits(prompt, **_media(item))
 
 
-def official_prompt(item: BenchItem) -> str:
-    """The official Inst-IT Bench input text of an item (without chat template or image token)."""
-    from ..prompting import build_mc_prompt, build_oe_prompt
-
-    if item.format == "mc":
-        return build_mc_prompt(item.question, item.options or {}, item.split)
-    return build_oe_prompt(item.question, item.split)
-
-
 def open_backend(backend: str, bundle=None, llm: str = "f16", vision: str = "fp32", model: str | None = None,
                  n_threads: int | None = None, n_gpu_layers: int = 0, verify: bool = True,
                  max_tiles: int | None = None):

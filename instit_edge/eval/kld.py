@@ -41,7 +41,8 @@ def _usable(meta: dict) -> str | None:
 
 
 def _logits(meta: dict, items, n_threads) -> list[np.ndarray]:
-    from .backends import BundleBackend, official_prompt
+    from ..prompting import official_prompt
+    from .backends import BundleBackend
 
     be = BundleBackend(meta["bundle"], meta["llm"], meta["vision"], n_threads=n_threads, verify=False)
     return [be.logits(official_prompt(it), it) for it in items]

@@ -138,7 +138,8 @@ def run_eval(bundle, bench, out, *, split: str | None = None, fmt: str | None = 
     ``progress(done, total)`` is called before the first question and after each.
     """
     from ..atomic import check_writable, write_json
-    from .backends import official_prompt, open_backend
+    from ..prompting import official_prompt
+    from .backends import open_backend
 
     shard = shard if isinstance(shard, tuple) else parse_shard(shard)
     out = check_writable(out)

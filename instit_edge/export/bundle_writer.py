@@ -15,33 +15,7 @@ import numpy as np
 from ..bundle import FORMAT_VERSION, MANIFEST, Bundle
 from ..errors import InstitError
 from ..models.loading import SUPPORTED_ARCHS, load_model
-
-TEMPLATES = {"llama": "vicuna_v1", "qwen2": "chatml"}
-
-
-def pick_template(processor, llm_arch: str, override: str | None = None) -> str:
-    """The chat template a bundle records: ``override`` (``--template``), else the checkpoint's own
-    ``chat_template`` when it renders like one of ours, else the LLM family's default."""
-    from ..prompting import CHAT_TEMPLATES, FAMILY_TEMPLATES, identify_chat_template
-
-    if override:
-        if override not in CHAT_TEMPLATES:
-            raise InstitError(f"unknown --template {override!r}; choose one of {', '.join(CHAT_TEMPLATES)}")
-        return override
-    tok = getattr(processor, "tokenizer", processor)
-    jinja = getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None)
-    if isinstance(jinja, dict):  # several named templates: the default one
-        jinja = jinja.get("default")
-    if jinja:
-        name = identify_chat_template(jinja, getattr(tok, "bos_token", None), getattr(tok, "eos_token", None))
-        if name is None:
-            raise InstitError("the checkpoint's chat_template renders like none of the supported templates; "
-                              f"pass --template NAME (one of {', '.join(CHAT_TEMPLATES)})")
-        return name
-    if llm_arch not in FAMILY_TEMPLATES:
-        raise InstitError(f"no default chat template for LLM {llm_arch!r}; pass --template NAME "
-                          f"(one of {', '.join(CHAT_TEMPLATES)})")
-    return FAMILY_TEMPLATES[llm_arch]
+from ..prompting import pick_template
 
 
 def _preprocess_info(model, processor) -> dict:
@@ -83,6 +57,7 @@ def export_bundle(
     from ..atomic import atomic_dir, guard_output
     from .gguf_llm import write_llm_gguf
     from .gguf_mmproj import write_mmproj_gguf
+    from .gguf_vocab import add_flags
     from .onnx_vision import convert_fp16, export_vision_onnx
 
     local_src = [model_path] if Path(model_path).exists() else []
@@ -129,7 +104,7 @@ def export_bundle(
             step("mmproj.f16.gguf")
             info = write_mmproj_gguf(model, tmp / "mmproj.f16.gguf", pre)
             b.add_file("extra", "mmproj", "mmproj.f16.gguf", recipe={"type": "f16", **info})
-        add_bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
+        add_bos, _ = add_flags(tok)
         from ..prompting import stop_strings
 
         b.manifest = {

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InstitError
-
-SUPPORTED_LLMS = ("llama", "qwen2")
+from ..models.loading import SUPPORTED_LLMS
 
 # HF parameter suffix -> GGUF tensor name (per block)
 _BLOCK_MAP = {

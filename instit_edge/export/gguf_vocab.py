@@ -24,6 +24,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from ..errors import InstitError
+from ..models.tokenizer_facts import REFERENCE_PRE_TOKENIZERS, read_sentencepiece_model
 
 # The reference string of llama.cpp's converter (``get_vocab_base_pre``): its token ids, hashed, identify
 # the pre-tokenizer of a BPE vocabulary.
@@ -45,30 +46,6 @@ KNOWN_PRE_HASHES = {
     "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # HuggingFaceTB/SmolLM-135M
 }
 
-# Split patterns, as the public tokenizer.json files of these families write them.
-_LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-            r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-
-def _split_then_bytes(pattern: str) -> dict:
-    return {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-    ]}
-
-
-_GPT2_BYTES = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-# name -> (normalizer, pre_tokenizer) of the ``tokenizers`` pipeline that splits text like llama.cpp's
-# pre-tokenizer of that name.
-REFERENCE_PRE_TOKENIZERS = {
-    "gpt-2": (None, _GPT2_BYTES),
-    "llama-bpe": (None, _split_then_bytes(_LLAMA3_RE)),
-    "qwen2": ({"type": "NFC"}, _split_then_bytes(QWEN2_RE)),
-    "smollm": (None, {"type": "Sequence", "pretokenizers": [
-        {"type": "Digits", "individual_digits": True}, _GPT2_BYTES]}),
-}
 # Names accepted by --pre-tokenizer: the detectable ones and other byte-level BPE pre-tokenizers
 # llama.cpp 0.3.36 implements.
 PRE_TOKENIZER_NAMES = tuple(REFERENCE_PRE_TOKENIZERS) + (
@@ -158,7 +135,8 @@ def detect_pre_tokenizer(tokenizer) -> str:
         f"pass --pre-tokenizer NAME (one of {', '.join(PRE_TOKENIZER_NAMES)})")
 
 
-def _add_flags(tokenizer) -> tuple[bool, bool]:
+def add_flags(tokenizer) -> tuple[bool, bool]:
+    """``(add_bos, add_eos)``: whether the tokenizer puts BOS before / EOS after a plain text."""
     ids = tokenizer("a")["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     return (bos is not None and ids[:1] == [bos]), (eos is not None and len(ids) > 1 and ids[-1:] == [eos])
@@ -188,23 +166,6 @@ def _bpe_vocab(tokenizer, n_vocab: int, pre: str | None) -> GGUFVocab:
             types[i] = int(TokenType.NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     return GGUFVocab("gpt2", pre, tokens, types, merges=merges, details={"pre_hash": check_hash(tokenizer)})
-
-
-def read_sentencepiece_model(path: str | Path) -> list[tuple[str, float, int]]:
-    """``(piece, score, type)`` of every piece of a SentencePiece ``tokenizer.model`` (protobuf only).
-
-    The piece types of SentencePiece (NORMAL=1 ... BYTE=6) are the GGUF token types.
-    """
-    from transformers.convert_slow_tokenizer import import_protobuf
-
-    proto = import_protobuf().ModelProto()
-    try:
-        proto.ParseFromString(Path(path).read_bytes())
-    except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError
-        raise InstitError(f"{path} is not a SentencePiece model ({e})") from None
-    if not proto.pieces:
-        raise InstitError(f"{path} is not a SentencePiece model (no pieces)")
-    return [(p.piece, float(p.score), int(p.type) or 1) for p in proto.pieces]
 
 
 def _pieces_from_json(tokenizer) -> list[tuple[str, float, int]]:
@@ -288,6 +249,6 @@ def gguf_vocab(tokenizer, n_vocab: int, model_dir: str | Path | None = None, pre
         v = _spm_vocab(tokenizer, n_vocab, model_file)
     else:
         v = _bpe_vocab(tokenizer, n_vocab, pre)
-    add_bos, add_eos = _add_flags(tokenizer)
+    add_bos, add_eos = add_flags(tokenizer)
     v.details.update(kind=kind, add_bos=add_bos, add_eos=add_eos)
     return v

@@ -152,7 +152,7 @@ def bpe_tokenizer_from_gguf(path: str | Path):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from ..export.gguf_vocab import REFERENCE_PRE_TOKENIZERS
+    from .tokenizer_facts import REFERENCE_PRE_TOKENIZERS
 
     v = read_vocab_gguf(path)
     if v.get("model") != "gpt2":
@@ -216,7 +216,7 @@ def load_real_tokenizer(source: str | Path):
             return llama_tokenizer(pieces), spm_model_bytes(pieces)
         return bpe_tokenizer_from_gguf(source), None
     if ".model" in name:
-        from ..export.gguf_vocab import read_sentencepiece_model
+        from .tokenizer_facts import read_sentencepiece_model
 
         data = lzma.decompress(source.read_bytes()) if name.endswith(".xz") else source.read_bytes()
         with tempfile.NamedTemporaryFile(suffix=".model") as f:

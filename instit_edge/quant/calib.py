@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InstitError
+from ..prompting import official_prompt
 
 
 @dataclass
@@ -24,14 +25,6 @@ class CalibPrompt:
 
     def media(self) -> dict:
         return {"image": self.image} if self.image is not None else {"video": self.frames}
-
-
-def bench_prompt(item) -> str:
-    from ..prompting import build_mc_prompt, build_oe_prompt
-
-    if item.format == "mc":
-        return build_mc_prompt(item.question, item.options, split=item.split)
-    return build_oe_prompt(item.question, split=item.split)
 
 
 def load_calibration(calib: str | Path | None, n: int = 32, seed: int = 1234, holdout: float = 0.25,
@@ -63,7 +56,7 @@ def load_calibration(calib: str | Path | None, n: int = 32, seed: int = 1234, ho
         if key in seen:
             continue
         seen.add(key)
-        prompts.append(CalibPrompt(bench_prompt(it), it.image_path if it.split == "image" else None,
+        prompts.append(CalibPrompt(official_prompt(it), it.image_path if it.split == "image" else None,
                                    list(it.frame_paths) if it.split == "video" else None, f"{it.split}:{it.source_id}"))
     prompts = prompts[:n]
     sources = sorted({c.source for c in prompts})

@@ -74,10 +74,3 @@ def gptq_to_blocks(qweight, qzeros, scales, group_size: int, sym: bool, v1: bool
     head = np.concatenate([d.astype(np.float16).view(np.uint8).reshape(out_f, nb, 2),
                            m.view(np.uint8).reshape(out_f, nb, 2)], axis=2)
     return np.concatenate([head, packed], axis=2).reshape(out_f, nb * 20), "Q4_1"
-
-
-def permute_block_rows(raw: np.ndarray, n_head: int) -> np.ndarray:
-    """Apply llama.cpp's rotary row permutation (llama q / k) to block rows."""
-    from ..export.gguf_llm import rotary_permute
-
-    return rotary_permute(raw, n_head)

@@ -30,8 +30,8 @@ class TorchSession:
 
     @classmethod
     def load(cls, checkpoint: str, device: str = "cpu", dtype: str = "float32") -> "TorchSession":
-        from ..export.bundle_writer import pick_template
         from ..models.loading import load_model
+        from ..prompting import pick_template
 
         model, processor = load_model(checkpoint, dtype=dtype, device=device)
         template = pick_template(processor, model.config.text_config.model_type)
@@ -119,7 +119,7 @@ class TorchSession:
         import torch.nn.functional as F
         from PIL import Image
 
-        from ..export.onnx_vision import vision_module
+        from ..models.vision import vision_module
         from .anyres import Preprocess
         from .media import load_frames
 

@@ -177,7 +177,7 @@ def vlm_samples(world: Path, seed: int = 0):
     """Dense instance lists first (curriculum), then bench-format MC + OE questions, as training samples."""
     from ..data.bench import load_bench
     from ..data.dataset import load_instit_dataset
-    from ..quant.calib import bench_prompt
+    from ..prompting import official_prompt as bench_prompt
     from .instructions import Sample, instit_samples
 
     dense = [s for s in instit_samples(load_instit_dataset(world / "dataset"), 2, seed)
@@ -187,6 +187,81 @@ def vlm_samples(world: Path, seed: int = 0):
         media = {"image": it.image_path} if it.split == "image" else {"frames": list(it.frame_paths)}
         qa.append(Sample([(bench_prompt(it), it.answer)], kind=f"{it.split}-{it.format}", **media))
     return dense, qa
+
+
+def lookup_samples(world: Path) -> list:
+    """Short single-hop questions about every instance of the training world (the curriculum's first part).
+
+    ``What is the color of [2]?`` -> ``[2] is white.`` (the bench's own open-ended
+    wording, without the long official prompt around it), for colour, shape and
+    position, plus the same question as a four-way multiple choice answered by
+    its letter; images of both parts of the training world.
+    """
+    from ..data.synth import COLORS, SHAPES
+    from .instructions import Sample
+
+    gt = json.loads((world / "ground_truth.json").read_text())
+    rng = random.Random(0)
+    positions = sorted({v["position"] for part in ("dataset", "bench") for e in gt[part]["images"].values()
+                        for v in e["instances"].values()})
+    pools = {"color": list(COLORS), "shape": list(SHAPES), "position": positions}
+    ask = {"color": "What is the color of [{k}]?", "shape": "What is the shape of [{k}]?",
+           "position": "Where is [{k}] located in the image?"}
+    say = {"color": "[{k}] is {v}.", "shape": "[{k}] is a {v}.", "position": "[{k}] is at the {v} of the image."}
+    out = []
+    for part in ("dataset", "bench"):
+        for e in gt[part]["images"].values():
+            img = world / e["image_path"]
+            for k, inst in e["instances"].items():
+                for cat in ("color", "shape", "position"):
+                    v = inst[cat]
+                    q = ask[cat].format(k=k)
+                    out.append(Sample([(q, say[cat].format(k=k, v=v))], image=img, kind=f"lookup-{cat}"))
+                    opts = [v] + rng.sample([x for x in pools[cat] if x != v], 3)
+                    rng.shuffle(opts)
+                    letters = "ABCD"
+                    text = q + "\n" + "\n".join(f"{letters[i]}. {o}" for i, o in enumerate(opts))
+                    out.append(Sample([(text, letters[opts.index(v)])], image=img, kind=f"lookup-{cat}-mc"))
+    return out
+
+
+def regress_projector(model, processor, scenes, steps: int, lr: float = 2e-3, batch: int = 64, log=print) -> dict:
+    """Train the projector alone so that its rows match the oracle rows (mean squared error per row)."""
+    import torch
+
+    from .oracle_rows import embed_rows
+
+    rows = FrozenVisionRows(model, processor)
+    paths = sorted(scenes.table)[:: max(1, len(scenes.table) // 4000)]
+    from ..runtime.anyres import load_image
+
+    feats = []
+    for i in range(0, len(paths), 256):
+        crops = np.concatenate([rows.enc.pre.crops(load_image(p), anyres=False)[0] for p in paths[i:i + 256]])
+        feats.append(rows._features(crops))
+    feats = torch.cat(feats)
+    emb = model.get_input_embeddings()
+    with torch.no_grad():
+        target = torch.stack([embed_rows(emb, scenes.table[p]) for p in paths]).float()
+    proj = model.model.multi_modal_projector
+    for p in proj.parameters():
+        p.requires_grad = True
+    opt = torch.optim.AdamW(proj.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    g = torch.Generator().manual_seed(0)
+    base = float(target.pow(2).mean())
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = torch.randint(0, len(feats), (batch,), generator=g)
+        loss = (proj(feats[idx]) - target[idx]).pow(2).mean() / base
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"projector step {step + 1}/{steps}: relative squared error {float(loss):.3f}")
+    return {"steps": steps, "relative_mse": round(float(loss), 4), "images": len(paths),
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 class FrozenVisionRows:
@@ -264,9 +339,15 @@ def _mc_letter_accuracy(model, rows, samples, encoded, tok, batch: int = 16) -> 
 
 
 def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: int = 8, dense_frac: float = 0.3,
+              dense_floor: float = 0.0,
               state_path: Path | None = None, save_every: int = 100, held: list | None = None, eval_every: int = 200,
-              log=print, deadline: float | None = None) -> dict:
-    """Train projector + LLM; resumes from ``state_path`` and writes it every ``save_every`` steps."""
+              log=print, deadline: float | None = None, rows=None) -> dict:
+    """Train projector + LLM; resumes from ``state_path`` and writes it every ``save_every`` steps.
+
+    ``rows`` gives the image rows of a sample (default: the frozen vision tower
+    through the projector); with :class:`~instit_edge.train.oracle_rows.OracleRows`
+    the projector gets no gradient and only the LLM learns.
+    """
     import torch
 
     from .encode import build_batch, encode_text
@@ -282,7 +363,7 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
     enc_q = [encode_text(s, tok, "vicuna_v1") for s in qa]
     held = held or []
     enc_h = [encode_text(s, tok, "vicuna_v1") for s in held]
-    rows = FrozenVisionRows(model, processor)
+    rows = rows or FrozenVisionRows(model, processor)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warm = max(1, steps // 20)
@@ -313,9 +394,9 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
 
     model.train()
     t0 = time.perf_counter()
-    step = start
+    done = start
     for step in range(start, steps):
-        frac = dense_frac * max(0.0, 1 - step / (0.6 * steps))  # curriculum: dense captions fade out
+        frac = max(dense_floor, dense_frac * max(0.0, 1 - step / (0.6 * steps)))  # curriculum: the first pool fades
         picks = [(dense, enc_d) if rng.random() < frac else (qa, enc_q) for _ in range(batch)]
         chosen = [(src[i], enc[i]) for src, enc in picks for i in [rng.randrange(len(src))]]
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -326,7 +407,7 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        losses.append(round(float(out.loss), 5))
+        losses.append(round(float(out.loss.detach()), 5))
         done = step + 1
         if done % 50 == 0 or done == steps:
             rate = (done - start) * batch / (time.perf_counter() - t0)
@@ -343,9 +424,9 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
             break
     model.eval()
     seconds = spent + time.perf_counter() - t0
-    return {"steps": step + 1, "target_steps": steps, "final_loss": float(np.mean(losses[-50:])) if losses else None,
+    return {"steps": done, "target_steps": steps, "final_loss": float(np.mean(losses[-50:])) if losses else None,
             "seconds": round(seconds, 1), "batch": batch, "lr": lr, "losses": losses, "curve": curve,
-            "samples_per_s": round((step + 1 - start) * batch / max(time.perf_counter() - t0, 1e-9), 2)}
+            "samples_per_s": round((done - start) * batch / max(time.perf_counter() - t0, 1e-9), 2)}
 
 
 def _save_tower(model, path: Path, info: dict) -> None:
@@ -357,8 +438,9 @@ def _save_tower(model, path: Path, info: dict) -> None:
 
 
 def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos: int = 400, vision_steps: int = 800,
-                  vlm_steps: int = 2400, batch: int = 16, lr: float = 1e-3, work: str | Path | None = None,
-                  budget_minutes: float | None = None, log=print) -> dict:
+                  vlm_steps: int = 1200, batch: int = 16, lr: float = 1e-3, work: str | Path | None = None,
+                  budget_minutes: float | None = None, oracle_steps: int = 2400, projector_steps: int = 600,
+                  log=print) -> dict:
     """Build the world, train both stages (resuming from ``work``), save an HF checkpoint + model card at ``out``."""
     import torch
 
@@ -390,21 +472,46 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
     else:
         vis = pretrain_vision(model, processor, world, vision_steps, log=log)
         _save_tower(model, tower_path, vis)
-    dense, qa = vlm_samples(world, seed)
+    from .oracle_rows import OracleRows, SceneTable
+
+    _, qa = vlm_samples(world, seed)
+    lookups = lookup_samples(world)
     rng = random.Random(seed)
     mc = [s for s in qa if s.kind.endswith("-mc")]
     held = rng.sample(mc, min(96, len(mc)))
     held_ids = {id(s) for s in held}
     qa = [s for s in qa if id(s) not in held_ids]
-    vlm = train_vlm(model, processor, dense, qa, vlm_steps, lr=lr, batch=batch, state_path=work / "vlm-state.pt",
-                    held=held, log=log, deadline=deadline)
+    scenes = SceneTable(world, processor.tokenizer)
+    log(f"stage 2a: LLM on oracle rows ({len(lookups)} lookups fading to 20%, {len(qa)} bench questions)")
+    oracle = train_vlm(model, processor, lookups, qa, oracle_steps, lr=lr, batch=batch, dense_frac=0.7,
+                       dense_floor=0.2, state_path=work / "oracle-state.pt", held=held, log=log, deadline=deadline,
+                       rows=OracleRows(model, scenes))
+    vlm = {"steps": 0, "target_steps": vlm_steps, "losses": [], "curve": []}
+    proj = None
+    if oracle["steps"] >= oracle_steps:
+        proj_path = work / "projector.pt"
+        if proj_path.exists():
+            st = torch.load(proj_path, weights_only=False)
+            model.model.multi_modal_projector.load_state_dict(st["projector"])
+            proj = st["info"]
+        else:
+            log("stage 2b: projector -> oracle rows")
+            proj = regress_projector(model, processor, scenes, projector_steps, log=log)
+            tmp = proj_path.with_name(proj_path.name + ".tmp")
+            torch.save({"projector": model.model.multi_modal_projector.state_dict(), "info": proj}, tmp)
+            os.replace(tmp, proj_path)
+        log("stage 2c: projector + LLM on the vision tower's rows")
+        vlm = train_vlm(model, processor, lookups, qa, vlm_steps, lr=lr / 2, batch=batch, dense_frac=0.3,
+                        dense_floor=0.1, state_path=work / "vlm-state.pt", held=held, log=log, deadline=deadline)
     card = {"recipe": [line for line in __doc__.strip().splitlines()[:1]], "seed": seed,
             "world_seed": WORLD_SEED_OFFSET + seed, "image_size": IMAGE, "patch_size": PATCH,
-            "vision": vis, "vlm": {k: v for k, v in vlm.items() if k != "losses"},
-            "samples": {"dense": len(dense), "qa": len(qa), "held_out_mc": len(held)},
+            "vision": vis, "oracle": {k: v for k, v in oracle.items() if k != "losses"}, "projector": proj,
+            "vlm": {k: v for k, v in vlm.items() if k != "losses"},
+            "samples": {"lookups": len(lookups), "qa": len(qa), "held_out_mc": len(held)},
             "hardware": _hardware(), "torch_threads": torch.get_num_threads(),
-            "complete": vlm["steps"] >= vlm_steps, "wall_seconds_this_run": round(time.perf_counter() - t0, 1)}
-    write_json(work / "losses.json", vlm["losses"])
+            "complete": oracle["steps"] >= oracle_steps and vlm["steps"] >= vlm_steps,
+            "wall_seconds_this_run": round(time.perf_counter() - t0, 1)}
+    write_json(work / "losses.json", {"oracle": oracle["losses"], "vlm": vlm["losses"]})
     with atomic_dir(out, force=True) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
@@ -468,11 +575,13 @@ if __name__ == "__main__":
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--videos", type=int, default=400)
     ap.add_argument("--vision-steps", type=int, default=800)
-    ap.add_argument("--vlm-steps", type=int, default=2400)
+    ap.add_argument("--oracle-steps", type=int, default=2400, help="Stage 2a: LLM on oracle rows.")
+    ap.add_argument("--projector-steps", type=int, default=600, help="Stage 2b: projector -> oracle rows.")
+    ap.add_argument("--vlm-steps", type=int, default=1200, help="Stage 2c: projector + LLM on real rows.")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--budget-minutes", type=float, default=None, help="Stop (resumably) after this long.")
     a = ap.parse_args()
     card = build_default(a.out, a.seed, a.images, a.videos, a.vision_steps, a.vlm_steps, a.batch, a.lr, a.work,
-                         a.budget_minutes)
+                         a.budget_minutes, a.oracle_steps, a.projector_steps)
     print(json.dumps({k: v for k, v in card.items() if k != "vlm"}, indent=2, default=str))

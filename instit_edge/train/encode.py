@@ -106,7 +106,7 @@ class MediaEncoder:
         import torch.nn.functional as F
         from PIL import Image
 
-        from ..export.onnx_vision import vision_module
+        from ..models.vision import vision_module
         from ..runtime.media import load_frames
 
         arrs = load_frames(frames, self.max_frames)
