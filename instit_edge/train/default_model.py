@@ -520,7 +520,8 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
 
 
 def plot_training(model_dir: str | Path, losses_json: str | Path, png: str | Path) -> Path:
-    """Loss (stage 2, smoothed) and held-out MC letter accuracy against the step, from a trained model's
+    """Answer-token loss (smoothed) and held-out MC letter accuracy against the step, both stage-2 parts
+    (2a on oracle rows, 2c on the vision tower's rows) one after the other, from a trained model's
     ``training.json`` and the run's ``losses.json`` (written to the work folder)."""
     import matplotlib
 
@@ -528,21 +529,34 @@ def plot_training(model_dir: str | Path, losses_json: str | Path, png: str | Pat
     import matplotlib.pyplot as plt
 
     card = json.loads((Path(model_dir) / "training.json").read_text())
-    losses, curve = np.asarray(json.loads(Path(losses_json).read_text()), float), card["vlm"]["curve"]
+    raw = json.loads(Path(losses_json).read_text())
+    parts = [("2a: oracle rows", raw.get("oracle", []), card.get("oracle", {}).get("curve", [])),
+             ("2c: vision rows", raw.get("vlm", []), card.get("vlm", {}).get("curve", []))] \
+        if isinstance(raw, dict) else [("stage 2", raw, card["vlm"]["curve"])]
     k = 25
-    smooth = np.convolve(losses, np.ones(k) / k, mode="valid") if len(losses) > k else losses
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax[0].plot(np.arange(1, len(losses) + 1), losses, alpha=0.25, lw=0.6, label="step")
-    ax[0].plot(np.arange(k, k + len(smooth)), smooth, label=f"mean of {k}")
+    offset = 0
+    for name, losses, curve in parts:
+        losses = np.asarray(losses, float)
+        if len(losses):
+            smooth = np.convolve(losses, np.ones(k) / k, mode="valid") if len(losses) > k else losses
+            ax[0].plot(offset + np.arange(1, len(losses) + 1), losses, alpha=0.2, lw=0.6)
+            ax[0].plot(offset + np.arange(len(losses) - len(smooth) + 1, len(losses) + 1), smooth,
+                       label=f"{name} (mean of {k})")
+        if curve:
+            key = "held_out_mc_letter_acc" if "held_out_mc_letter_acc" in curve[0] else "held_mc_letter_acc"
+            ax[1].plot([offset + c["step"] for c in curve], [100 * c[key] for c in curve], marker="o", label=name)
+        if offset and len(losses):
+            for a in ax:
+                a.axvline(offset, ls="--", c="grey", lw=0.8)
+        offset += len(losses)
     ax[0].set(xlabel="optimizer step (16 samples)", ylabel="answer-token loss", yscale="log",
-              title="stage 2: projector + LLM")
-    ax[0].legend()
-    ax[1].plot([c["step"] for c in curve], [100 * c["held_out_mc_letter_acc" if "held_out_mc_letter_acc" in c
-                                                   else "held_mc_letter_acc"] for c in curve], marker="o")
+              title="stage 2: LLM (2a), then projector + LLM (2c)")
+    ax[0].legend(fontsize=8)
     ax[1].axhline(25, ls=":", c="grey", label="chance")
     ax[1].set(xlabel="optimizer step", ylabel="accuracy %", ylim=(0, 100),
               title="held-out training-world MC (letter logits)")
-    ax[1].legend()
+    ax[1].legend(fontsize=8)
     fig.tight_layout()
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
