@@ -24,6 +24,10 @@ FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
 # where `make demo` builds the default model's bundle; `ask` and `demo` use it when no bundle is given
 DEFAULT_BUNDLE = Path("out") / "bundle"
+# packing choices a manifest may record (runtime/anyres.py implements them)
+POOL_MODES = ("average", "max", "bilinear")
+UNPAD_ROUNDINGS = ("round7", "int")  # HF unpad_image, original LLaVA-NeXT
+VIDEO_NEWLINE_POSITIONS = ("no_token", "one_token", "frame", "grid")
 
 
 def default_bundle(bundle: str | Path | None) -> Path:
@@ -104,8 +108,18 @@ def check_manifest(manifest, mpath) -> None:
         v = video.get(key, lo)
         if not _is_int(v) or v < lo:
             bad(f"preprocess.video.{key} must be an integer >= {lo}, got {v!r}")
-    if video.get("pool_mode", "average") not in ("average", "max"):
-        bad(f"preprocess.video.pool_mode must be average or max, got {video.get('pool_mode')!r}")
+    if video.get("pool_mode", "average") not in POOL_MODES:
+        bad(f"preprocess.video.pool_mode must be one of {', '.join(POOL_MODES)}, got {video.get('pool_mode')!r}")
+    if video.get("newline_position", "no_token") not in VIDEO_NEWLINE_POSITIONS:
+        bad(f"preprocess.video.newline_position must be one of {', '.join(VIDEO_NEWLINE_POSITIONS)}, "
+            f"got {video.get('newline_position')!r}")
+    if not isinstance(video.get("pool_ceil", True), bool):
+        bad(f"preprocess.video.pool_ceil must be true or false, got {video.get('pool_ceil')!r}")
+    if pre.get("unpad_rounding", "round7") not in UNPAD_ROUNDINGS:
+        bad(f"preprocess.unpad_rounding must be one of {', '.join(UNPAD_ROUNDINGS)}, got {pre.get('unpad_rounding')!r}")
+    amax = pre.get("anyres_max")
+    if amax is not None and (not _is_int(amax) or amax < 1):
+        bad(f"preprocess.anyres_max must be null or an integer >= 1, got {amax!r}")
     prompt = manifest["prompt"]
     from .prompting import CHAT_TEMPLATES
 

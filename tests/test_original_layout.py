@@ -414,3 +414,77 @@ def test_detection_never_by_model_type(replicas):
     assert cfg["model_type"] == "llava" and is_original_layout(cfg)
     assert not is_original_layout({"model_type": "llava_llama", "architectures": ["LlamaForCausalLM"]})
     assert not is_original_layout({"architectures": ["LlavaLlamaForCausalLM"]})
+
+
+# --------------------------------------------------------------------------- the bundle runs the original packing
+def _session_rows(bundle: Path, img: Image.Image):
+    from instit_edge.runtime.session import EdgeSession
+
+    sess = EdgeSession.load(bundle, llm="f16", vision="fp32", n_threads=2)
+    crops, _ = sess._image_preprocess().crops(img, anyres=True)
+    rows, _ = sess.image_embeddings(np.asarray(img))
+    return sess, torch.from_numpy(crops), torch.from_numpy(np.asarray(rows, np.float32))
+
+
+@pytest.fixture(scope="module")
+def original_bundles(replicas, tmp_path_factory):
+    from instit_edge.export.bundle_writer import export_bundle
+
+    root = tmp_path_factory.mktemp("obundles")
+    os.environ["HF_HUB_CACHE"] = str(replicas["cache"])
+    conv = {"vicuna": _convert(replicas["vicuna"], root / "c-vicuna"),
+            "qwen": _convert(replicas["qwen"], root / "c-qwen", vision_tower=replicas["siglip_dir"])}
+    return {k: export_bundle(str(v), root / f"b-{k}", llm_types=("f16",), vision_types=("fp32",), mmproj=False).root
+            for k, v in conv.items()}
+
+
+def test_bundle_records_the_original_packing(replicas, original_bundles):
+    from instit_edge.models.original_layout import inspect_original
+
+    want = inspect_original(replicas["qwen"], vision_tower=replicas["siglip_dir"]).video
+    q = json.loads((original_bundles["qwen"] / "bundle.json").read_text())["preprocess"]
+    assert q["unpad_rounding"] == "int" and q["anyres_max"] == 2
+    assert q["video"]["pool_mode"] == want["pool_mode"] == "bilinear"
+    assert q["video"]["newline_position"] == want["newline_position"] == "grid"
+    v = json.loads((original_bundles["vicuna"] / "bundle.json").read_text())["preprocess"]
+    assert v["unpad_rounding"] == "int" and v["anyres_max"] is None
+
+
+def test_runtime_rows_match_llava_next_with_anyres_max(replicas, original_bundles):
+    """A 90x90 image: 12x12 merged grid shrunk to 5x5 by anyres_max_2 (bilinear), as llava_arch.py does."""
+    from instit_edge.models.original_layout import image_rows, inspect_original
+
+    info = inspect_original(replicas["qwen"], vision_tower=replicas["siglip_dir"])
+    img = Image.fromarray(np.random.default_rng(3).integers(0, 256, (90, 90, 3), dtype=np.uint8))
+    _, px, ours = _session_rows(original_bundles["qwen"], img)
+    ref = ref_image_features(replicas["qwen"], info, px, (90, 90))
+    assert ours.shape == ref.shape and ref.shape[0] == image_rows(info, (90, 90)) == 16 + 5 * 6
+    diff = (ours - ref).abs().max().item()
+    print(f"anyres_max_2 rows: max |runtime - llava_arch| {diff:.2e}")
+    assert diff < 1e-4
+
+
+def test_runtime_unpad_rounds_like_llava_next(replicas, original_bundles):
+    """A size where int() and round(x, 7) unpad to different widths: the runtime follows int()."""
+    from instit_edge.models.original_layout import image_rows, inspect_original, unpadded_shape
+
+    info = inspect_original(replicas["vicuna"])
+    n = info.tower.image_size // info.tower.patch_size
+    found = None
+    for w in range(20, 200):
+        for h in range(20, 200):
+            from instit_edge.models.original_layout import select_best_resolution
+
+            tw, th = select_best_resolution((w, h), info.pinpoints)
+            grid = ((th // info.tower.image_size) * n, (tw // info.tower.image_size) * n)
+            if unpadded_shape(*grid, (w, h), "int") != unpadded_shape(*grid, (w, h), "round7"):
+                found = (w, h)
+                break
+        if found:
+            break
+    assert found, "no size separates int() from round(x, 7) for this tower"
+    img = Image.fromarray(np.random.default_rng(4).integers(0, 256, (found[1], found[0], 3), dtype=np.uint8))
+    _, px, ours = _session_rows(original_bundles["vicuna"], img)
+    ref = ref_image_features(replicas["vicuna"], info, px, found)
+    assert ours.shape[0] == ref.shape[0] == image_rows(info, found) != image_rows(info, found, rounding="round7")
+    assert (ours - ref).abs().max().item() < 1e-4

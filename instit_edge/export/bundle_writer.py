@@ -22,6 +22,8 @@ def _preprocess_info(model, processor) -> dict:
     ip = processor.image_processor
     cfg = model.config
     crop = ip.crop_size["height"] if getattr(ip, "crop_size", None) else ip.size["shortest_edge"]
+    orig = getattr(cfg, "instit_original", None) or {}
+    video = orig.get("video") or {}
     if getattr(ip, "size", None) and ip.size.get("shortest_edge") not in (None, crop):
         raise InstitError(f"image processor resizes to {ip.size} but crops to {crop}; only equal sizes are supported")
     return {
@@ -33,8 +35,16 @@ def _preprocess_info(model, processor) -> dict:
         "patch_size": int(cfg.vision_config.patch_size),
         "feature_layer": int(cfg.vision_feature_layer),
         "select_strategy": cfg.vision_feature_select_strategy,
-        # Inst-IT video convention: frames without AnyRes, 2x2 pooling, at most 32 frames
-        "video": {"anyres": False, "pool_stride": 2, "pool_mode": "average", "max_frames": 32, "newline": False},
+        # original LLaVA-NeXT packing for checkpoints converted from that layout, HF's otherwise
+        "unpad_rounding": str(orig.get("unpad_rounding", "round7")),
+        "anyres_max": int(orig["anyres_max"]) if orig.get("anyres_max") else None,
+        # Inst-IT video convention: frames without AnyRes, 2x2 pooling, at most 32 frames; the original
+        # layout's own settings (Inst-IT's eval: bilinear to ceil, no newline) when the checkpoint records them
+        "video": {"anyres": False, "pool_stride": int(video.get("pool_stride", 2)),
+                  "pool_mode": str(video.get("pool_mode", "average")), "max_frames": int(video.get("max_frames", 32)),
+                  "newline": False, "newline_position": str(video.get("newline_position", "no_token")),
+                  # get_2dPool's avg / max pooling drops an odd side's remainder; ours (and bilinear) round up
+                  "pool_ceil": not (orig and video.get("pool_mode", "average") in ("average", "max"))},
     }
 
 

@@ -37,7 +37,9 @@ def describe_original(info) -> list[tuple[str, str]]:
               f"GGUF ({info.llm if info.llm != 'mistral' else 'llama'}) + ONNX vision; template {info.template}")
     notes = []
     if hf_img != img:
-        notes.append(f"HF LlavaNext packs {hf_img} rows for 640x480 (no anyres_max downsizing / round(x, 7) unpad)")
+        notes.append(f"HF LlavaNext (the converted checkpoint, used by train and eval --backend torch) packs {hf_img} "
+                     f"rows for 640x480 (no anyres_max downsizing, round(x, 7) unpad); exported bundles follow "
+                     f"the original")
     if info.projector == "linear":
         notes.append("linear projector written as linear_1 + identity linear_2 (act 'linear')")
     return [

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bundle import POOL_MODES, VIDEO_NEWLINE_POSITIONS
 from ..errors import InstitError
 
 ORIGINAL_ARCHS = {
@@ -38,8 +39,7 @@ ORIGINAL_ARCHS = {
 }
 PROJECTORS = ("linear", "mlp2x_gelu")
 ASPECT_RATIOS = ("pad", "anyres", "anyres_max_N")
-POOL_MODES = ("average", "max", "bilinear")
-NEWLINE_POSITIONS = ("grid", "frame", "one_token", "no_token")
+NEWLINE_POSITIONS = VIDEO_NEWLINE_POSITIONS
 MERGE_TYPES = ("flat", "spatial_unpad")
 TEMPLATES = {"llama": "vicuna_v1", "mistral": "mistral_instruct", "qwen2": "qwen_1_5"}
 # Inst-IT's eval (inst-it/inst-it inst-it-bench/inference_video.py) overrides these for video

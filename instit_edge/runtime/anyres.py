@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..bundle import POOL_MODES, UNPAD_ROUNDINGS
 from ..errors import InstitError
 
 
@@ -189,17 +190,53 @@ class Preprocess:
 
 
 # --------------------------------------------------------------------------- packing
-def unpad_grid(feature: np.ndarray, original_hw: tuple[int, int]) -> np.ndarray:
-    """Remove rows / columns of ``feature [D, H, W]`` that came from padding (HF unpad_image)."""
+def unpad_grid(feature: np.ndarray, original_hw: tuple[int, int], rounding: str = "round7") -> np.ndarray:
+    """Remove rows / columns of ``feature [D, H, W]`` that came from padding.
+
+    ``rounding``: ``"round7"`` is HF's ``unpad_image`` (``int(round(x, 7))``),
+    ``"int"`` the original LLaVA-NeXT code (``int(x)``); they differ when the
+    scaled size lands just below an integer.
+    """
+    if rounding not in UNPAD_ROUNDINGS:
+        raise InstitError(f"unknown unpad rounding {rounding!r} ({', '.join(UNPAD_ROUNDINGS)})")
+    fix = (lambda x: int(round(x, 7))) if rounding == "round7" else int
     oh, ow = original_hw
     _, ch, cw = feature.shape
     if ow / oh > cw / ch:
-        new_h = int(round(oh * (cw / ow), 7))
+        new_h = fix(oh * (cw / ow))
         pad = (ch - new_h) // 2
         return feature[:, pad:ch - pad, :]
-    new_w = int(round(ow * (ch / oh), 7))
+    new_w = fix(ow * (ch / oh))
     pad = (cw - new_w) // 2
     return feature[:, :, pad:cw - pad]
+
+
+def resize_bilinear(feature: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """``feature [D, H, W]`` resized like ``torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False)`` without antialiasing (half-pixel centres, edges clamped)."""
+    d, h, w = feature.shape
+    oh, ow = out_hw
+
+    def taps(n_in: int, n_out: int):
+        x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        x = np.maximum(x, 0.0)
+        i0 = np.minimum(np.floor(x).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (x - i0).astype(np.float32)
+
+    y0, y1, fy = taps(h, oh)
+    x0, x1, fx = taps(w, ow)
+    f = feature.astype(np.float32, copy=False)
+    top = f[:, y0][:, :, x0] * (1 - fx) + f[:, y0][:, :, x1] * fx
+    bottom = f[:, y1][:, :, x0] * (1 - fx) + f[:, y1][:, :, x1] * fx
+    return (top * (1 - fy)[:, None] + bottom * fy[:, None]).astype(feature.dtype)
+
+
+def anyres_max_shape(h: int, w: int, max_tiles: int, side: int) -> tuple[int, int] | None:
+    """LLaVA-NeXT ``anyres_max_N``: the merged, unpadded grid is shrunk (bilinear) to
+    ``(int(h // t), int(w // t))`` when ``t = sqrt(h * w / (N * side^2)) > 1.1``; None when it is kept."""
+    t = math.sqrt(h * w / (max_tiles * side * side))
+    return (int(h // t), int(w // t)) if t > 1.1 else None
 
 
 def pack_anyres(
@@ -209,8 +246,15 @@ def pack_anyres(
     image_size: int,
     patch_size: int,
     newline: np.ndarray | None,
+    rounding: str = "round7",
+    anyres_max: int | None = None,
 ) -> np.ndarray:
-    """``features [crops, tokens, D]`` -> image rows ``[n, D]`` in LLaVA-Next order."""
+    """``features [crops, tokens, D]`` -> image rows ``[n, D]`` in LLaVA-Next order.
+
+    HF semantics by default; ``rounding="int"`` and ``anyres_max=N`` give the
+    original LLaVA-NeXT code's (checkpoints converted from the original layout
+    record both in ``bundle.json``).
+    """
     if features.shape[0] == 1:
         rows = features[0]
         if newline is not None:
@@ -222,7 +266,11 @@ def pack_anyres(
     gh, gw = bh // image_size, bw // image_size
     d = features.shape[-1]
     grid = tiles.reshape(gh, gw, side, side, d).transpose(4, 0, 2, 1, 3).reshape(d, gh * side, gw * side)
-    grid = unpad_grid(grid, original_hw)
+    grid = unpad_grid(grid, original_hw, rounding)
+    if anyres_max:
+        shape = anyres_max_shape(grid.shape[1], grid.shape[2], anyres_max, side)
+        if shape is not None:
+            grid = resize_bilinear(grid, shape)
     if newline is not None:
         nl = np.broadcast_to(newline[:, None, None], (d, grid.shape[1], 1))
         grid = np.concatenate([grid, nl], axis=2)
@@ -230,18 +278,28 @@ def pack_anyres(
     return np.concatenate([base, rows], 0)
 
 
-def pool_video_frame(features: np.ndarray, stride: int, mode: str = "average") -> np.ndarray:
-    """2D pooling of one frame's ``[tokens, D]`` patch grid (Inst-IT video: stride 2)."""
+def pool_video_frame(features: np.ndarray, stride: int, mode: str = "average", ceil: bool = True) -> np.ndarray:
+    """2D pooling of one frame's ``[tokens, D]`` patch grid.
+
+    ``average`` / ``max``: blocks of ``stride x stride``; with ``ceil`` (our
+    training's ``ceil_mode=True``) ``ceil(side / stride)`` per side, the last
+    block partial when the side is odd; without it ``side // stride``, the
+    remainder dropped (LLaVA-NeXT's ``get_2dPool``: ``avg_pool2d`` /
+    ``max_pool2d`` defaults). ``bilinear``: ``get_2dPool`` in bilinear mode
+    (Inst-IT's evaluation setting), a resize to ``ceil(side / stride)``.
+    """
     if stride <= 1:
         return features
     n, d = features.shape
     side = int(round(n ** 0.5))
     if side * side != n:
         raise InstitError(f"cannot pool {n} tokens: not a square patch grid")
+    if mode not in POOL_MODES:
+        raise InstitError(f"unknown video pooling mode {mode!r} ({', '.join(POOL_MODES)})")
     g = features.reshape(side, side, d)
-    out_side = math.ceil(side / stride)
-    if mode not in ("average", "max"):
-        raise InstitError(f"unknown video pooling mode {mode!r} (average, max)")
+    out_side = math.ceil(side / stride) if ceil or mode == "bilinear" else side // stride
+    if mode == "bilinear":
+        return resize_bilinear(g.transpose(2, 0, 1), (out_side, out_side)).transpose(1, 2, 0).reshape(-1, d)
     out = np.empty((out_side, out_side, d), features.dtype)
     for i in range(out_side):
         for j in range(out_side):

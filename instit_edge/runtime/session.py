@@ -179,8 +179,9 @@ class EdgeSession:
             crops, hw = pre.crops(Image.fromarray(arr), anyres=True)
             feats = self.vision(crops)
             if self.pre.pinpoints:  # LLaVA-Next packing (a single crop: base + newline)
-                return pack_anyres(feats, hw, pre.pinpoints or self.pre.pinpoints, pre.image_size,
-                                   self.bundle.preprocess["patch_size"], self.newline)
+                bp = self.bundle.preprocess
+                return pack_anyres(feats, hw, pre.pinpoints or self.pre.pinpoints, pre.image_size, bp["patch_size"],
+                                   self.newline, bp.get("unpad_rounding", "round7"), bp.get("anyres_max"))
             return feats[0]
 
         return self._cached(key, compute), key
@@ -195,7 +196,8 @@ class EdgeSession:
 
             crops, _ = self.pre.crops(Image.fromarray(frame), anyres=False)
             feats = self.vision(crops)[0]
-            return pool_video_frame(feats, int(vcfg.get("pool_stride", 1)), vcfg.get("pool_mode", "average"))
+            return pool_video_frame(feats, int(vcfg.get("pool_stride", 1)), vcfg.get("pool_mode", "average"),
+                                    bool(vcfg.get("pool_ceil", True)))
 
         return self._cached(key, compute)
 
@@ -206,7 +208,26 @@ class EdgeSession:
         frames = load_frames(video, max_frames=max_frames)
         rows = [self.frame_embeddings(f) for f in frames]
         key = "vid:" + hashlib.sha1("".join(self._hash(f) for f in frames).encode()).hexdigest()[:20]
-        return np.concatenate(rows, 0), key, len(frames)
+        return self._video_newlines(rows), key, len(frames)
+
+    def _video_newlines(self, rows: list[np.ndarray]) -> np.ndarray:
+        """Frames' rows joined with ``image_newline`` where the bundle's ``video.newline_position`` puts it
+        (LLaVA-NeXT: ``no_token`` none, ``one_token`` one after the video, ``frame`` one per frame, ``grid``
+        one per row of each pooled frame); bundles without a newline vector never add one."""
+        where = self.bundle.preprocess.get("video", {}).get("newline_position", "no_token")
+        if self.newline is None or where == "no_token":
+            return np.concatenate(rows, 0)
+        nl = self.newline[None].astype(rows[0].dtype)
+        if where == "one_token":
+            return np.concatenate([*rows, nl], 0)
+        if where == "frame":
+            return np.concatenate([x for r in rows for x in (r, nl)], 0)
+        out = []
+        for r in rows:  # grid
+            side = int(round(len(r) ** 0.5))
+            for i in range(side):
+                out += [r[i * side:(i + 1) * side], nl]
+        return np.concatenate(out, 0)
 
     # ------------------------------------------------------------------ prompt
     def wrap_question(self, question: str, video: bool = False) -> str:
