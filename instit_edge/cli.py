@@ -313,23 +313,18 @@ def ask(
         sys.stdout.write("\n")
 
 
-def _register_plugins() -> None:
-    """Commands of the pipeline stages live beside their code (``register(app)`` in each stage)."""
-    import importlib
+# The commands of the pipeline stages live beside their code; each stage module has ``register(app, console, out)``.
+from .annotate import commands as _annotate_commands  # noqa: E402
+from .bench import commands as _bench_commands  # noqa: E402
+from .demo import commands as _demo_commands  # noqa: E402
+from .eval import commands as _eval_commands  # noqa: E402
+from .marker import commands as _marker_commands  # noqa: E402
+from .models import commands as _models_commands  # noqa: E402
+from .serve import commands as _serve_commands  # noqa: E402
 
-    for mod in ("instit_edge.marker.commands", "instit_edge.eval.commands", "instit_edge.demo.commands",
-                "instit_edge.bench.commands", "instit_edge.serve.commands", "instit_edge.models.commands",
-                "instit_edge.annotate.commands"):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue
-            raise
-        m.register(app, console=console, out=out)
-
-
-_register_plugins()
+for _stage in (_marker_commands, _eval_commands, _demo_commands, _bench_commands, _serve_commands, _models_commands,
+               _annotate_commands):
+    _stage.register(app, console=console, out=out)
 
 
 # Arguments that may name a local checkpoint / input as a plain string (a hub name or a camera index otherwise).

@@ -6,6 +6,7 @@ import itertools
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -57,3 +58,24 @@ def bundles(workdir, tiny_models):
         return cache[combo]
 
     return get
+
+
+def draw_seed(what: str) -> int:
+    """A fresh seed for one random test (or ``INSTIT_SEED`` from the environment), printed so that a failure
+    shows how to replay it: ``INSTIT_SEED=<seed> pytest ...``."""
+    env = os.environ.get("INSTIT_SEED")
+    seed = int(env) if env else int(np.random.SeedSequence().entropy % 2**31)
+    print(f"{what}: seed {seed} (replay with INSTIT_SEED={seed})")
+    return seed
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """The test's seed, drawn once (see :func:`draw_seed`)."""
+    return draw_seed(request.node.nodeid)
+
+
+@pytest.fixture
+def rng(seed) -> np.random.Generator:
+    """A numpy generator from the test's printed seed."""
+    return np.random.default_rng(seed)

@@ -11,7 +11,7 @@ SIZES = [(40, 70), (100, 30), (33, 33), (64, 128), (17, 90), (200, 150), (31, 64
 
 
 @pytest.mark.parametrize("combo", ["llava-next-llama-clip", "llava-next-qwen2-siglip", "llava-llama-clip"])
-def test_preprocess_and_packing_match_hf(tiny_models, combo):
+def test_preprocess_and_packing_match_hf(tiny_models, combo, rng):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from instit_edge.models.vision import vision_module
@@ -22,7 +22,6 @@ def test_preprocess_and_packing_match_hf(tiny_models, combo):
     ip = proc.image_processor
     pre = Preprocess(ip.crop_size["height"], list(ip.image_mean), list(ip.image_std),
                      getattr(ip, "image_grid_pinpoints", None) if "next" in combo else None)
-    rng = np.random.default_rng()
     cfg = model.config
     for h, w in SIZES:
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))

@@ -180,15 +180,12 @@ def test_question_format_official_oe_wraps_plain_questions(bundle_copy):
         Bundle.load(bundle_copy, verify=False)
 
 
-def test_prefetch_then_ask_prefills_only_the_question(bundles):
+def test_prefetch_then_ask_prefills_only_the_question(bundles, rng):
     """prefetch(image) computes vision + the KV up to the end of the image rows; the answer is token for token
     the one without prefetch, and the prompt reuses everything before the question. A newer prefetch supersedes
     one that has not started."""
     from instit_edge.runtime.session import EdgeSession
 
-    seed = int(np.random.SeedSequence().entropy % 2**31)
-    print("seed", seed)
-    rng = np.random.default_rng(seed)
     imgs = [Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)) for _ in range(3)]
     q = "What is [1] doing?"
     ref = EdgeSession.load(bundles("llava-next-llama-clip"), verify=False)

@@ -33,8 +33,10 @@ def run(*args, torch_free=False):
 
 @pytest.fixture(scope="module")
 def marked_image(tmp_path_factory):
+    from conftest import draw_seed
+
     p = tmp_path_factory.mktemp("img") / "frame.png"
-    Image.fromarray(np.random.default_rng().integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(p)
+    Image.fromarray(np.random.default_rng(draw_seed("marked_image")).integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(p)
     return p
 
 

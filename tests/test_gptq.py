@@ -76,7 +76,7 @@ def test_gptq_weights_are_close_to_the_float_model(gptq_run, tiny_models):
         assert np.median(rel) < 0.5 and rel.max() < 8, (prefix, float(np.median(rel)), float(rel.max()))
 
 
-def test_gptq_variant_answers_and_is_faithful(gptq_run):
+def test_gptq_variant_answers_and_is_faithful(gptq_run, rng):
     import numpy as np
     from PIL import Image
 
@@ -90,5 +90,5 @@ def test_gptq_variant_answers_and_is_faithful(gptq_run):
     print(f"gptq: KLD {fid['kld_mean']:.5f}, top-1 {fid['top1']:.3f}")
     assert fid["kld_mean"] < 0.05
     s = EdgeSession.load(b, llm="gptq")
-    img = Image.fromarray(np.random.default_rng().integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    img = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
     assert s.ask("What is [1]?", image=img, max_new_tokens=4).stats["generated_tokens"] >= 1

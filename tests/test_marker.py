@@ -11,6 +11,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import zipfile
@@ -367,15 +368,31 @@ def _paced(n: int, period: float, size=(160, 120)):
 
 
 def test_live_slow_consumer_drops_stale_frames_bounded_memory():
+    """A consumer 10x slower than the camera, in lock step rather than by sleeps (the counts do not depend on the
+    machine's speed): the camera delivers a burst of 10 frames, then waits until the consumer has marked one."""
     frame_bytes = 160 * 120 * 3
-    live = LiveMarker(_paced(150, 0.002), detector="motion", queue_size=2, keyframes=4, keyframe_interval=0.05)
+    burst = 10
+    burst_done, marked, finished = threading.Semaphore(0), threading.Semaphore(0), threading.Event()
+
+    def camera():
+        for k, f in enumerate(_paced(150, 0.0)):
+            if k and k % burst == 0:
+                burst_done.release()  # frames before k are queued or dropped
+                assert marked.acquire(timeout=60), "the consumer stopped"  # a deadlock guard, not a timing
+            yield f
+        finished.set()
+        burst_done.release()
+
+    live = LiveMarker(camera(), detector="motion", queue_size=2, keyframes=4, keyframe_interval=0.05)
     assert live.drop_stale  # a generator is live
     live.marker.tracker.update([Detection((0, 0, 9, 9))] * 2)  # warm lazy imports before measuring
     live.marker.tracker.reset()
     tracemalloc.start()
     try:
-        for _mf in live:
-            time.sleep(0.02)  # a consumer ~10x slower than the camera
+        for _mf in live:  # one marked frame per burst (+ at most the 2 queued at the end)
+            if not finished.is_set():
+                assert burst_done.acquire(timeout=60), "the camera stopped"
+            marked.release()
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

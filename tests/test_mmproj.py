@@ -15,7 +15,7 @@ def _cos(a, b):
 
 
 @pytest.mark.parametrize("combo", ["llava-qwen2-siglip", "llava-llama-clip", "llava-next-llama-clip"])
-def test_mmproj_loads_in_libmtmd_and_deviation_is_measured(combo, bundles, record_property):
+def test_mmproj_loads_in_libmtmd_and_deviation_is_measured(combo, bundles, record_property, rng):
     from instit_edge.runtime.mtmd_vision import MtmdVision
     from instit_edge.runtime.session import EdgeSession
 
@@ -24,7 +24,7 @@ def test_mmproj_loads_in_libmtmd_and_deviation_is_measured(combo, bundles, recor
     mv = MtmdVision(b / "mmproj.f16.gguf", b / "llm.f16.gguf")
     try:
         size = edge.pre.image_size
-        img = np.random.default_rng().integers(0, 256, (size, size, 3), dtype=np.uint8)
+        img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
         ours, _ = edge.image_embeddings(img)
         theirs = mv.encode(img)
     finally:

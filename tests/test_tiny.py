@@ -9,13 +9,12 @@ from instit_edge.errors import InstitError
 
 
 @pytest.mark.parametrize("combo", COMBOS)
-def test_tiny_reloads_and_generates(tiny_models, combo):
+def test_tiny_reloads_and_generates(tiny_models, combo, rng):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = tiny_models(combo)
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
     proc = AutoProcessor.from_pretrained(path)
-    rng = np.random.default_rng()
     img = Image.fromarray(rng.integers(0, 255, (int(rng.integers(20, 90)), int(rng.integers(20, 90)), 3), np.uint8))
     text = proc.tokenizer.apply_chat_template([{"role": "user", "content": "<image>\nWhat is [1]?"}],
                                               tokenize=False, add_generation_prompt=True)
