@@ -1,21 +1,14 @@
 """LLaVA-NeXT packing pieces against torch: bilinear resize / video pooling (``F.interpolate``) and the video
-newline positions (a transcription of ``add_token_per_grid`` / ``add_token_per_frame`` in llava_arch.py)."""
+newline positions (a transcription of ``add_token_per_grid`` / ``add_token_per_frame`` in llava_arch.py).
+Random inputs come from the shared ``rng`` fixture (seed printed, ``INSTIT_SEED`` replays)."""
 
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-
-
-@pytest.fixture
-def rng():
-    seed = int(os.environ.get("INSTIT_SEED", np.random.SeedSequence().entropy % 2**31))
-    print(f"INSTIT_SEED={seed}")
-    return np.random.default_rng(seed)
 
 
 @pytest.mark.parametrize("hw,out", [((12, 12), (5, 5)), ((27, 27), (14, 14)), ((7, 9), (3, 4)), ((5, 6), (8, 9))])

@@ -7,7 +7,6 @@ committed default model's real tokenizer and embedding table, and a numpy 2x2 me
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -99,14 +98,11 @@ def test_oracle_rows_follow_the_masks(world, scenes, model_and_processor):
                 assert inst["color"] in words and inst["shape"] in words and inst["position"] in words.replace(" ", "")
 
 
-def test_embed_rows_and_frame_pooling_match_references(model_and_processor):
+def test_embed_rows_and_frame_pooling_match_references(model_and_processor, rng):
     import torch
 
     from instit_edge.train.oracle_rows import embed_rows, pool_frames
 
-    seed = int(os.environ.get("INSTIT_SEED", np.random.SeedSequence().entropy % 2**31))
-    print(f"INSTIT_SEED={seed}")
-    rng = np.random.default_rng(seed)
     emb = model_and_processor[0].get_input_embeddings()
     ids = rng.integers(-1, emb.weight.shape[0], (3 * 64, 5))
     got = embed_rows(emb, ids).detach().numpy()
