@@ -23,7 +23,7 @@ import pytest
 
 from instit_edge.errors import InstitError
 from instit_edge.marker.base import Detection, make_detector
-from instit_edge.marker.instances import Instance, check_question, visible_ids
+from instit_edge.marker.instances import check_question, visible_ids
 from instit_edge.marker.live import LiveMarker
 from instit_edge.marker.manual import ManualDetector, parse_manual
 from instit_edge.marker.pipeline import Marker
@@ -170,7 +170,7 @@ def test_tracker_keeps_ids_when_shapes_pass_close():
 
 
 def test_instances_visible_ids_and_question_check():
-    insts = [Instance(3, (0, 0, 5, 5)), Instance(1, (5, 5, 9, 9), mask=np.ones((10, 10), bool))]
+    insts = [Detection((0, 0, 5, 5), id=3), Detection((5, 5, 9, 9), mask=np.ones((10, 10), bool), id=1)]
     assert visible_ids(insts) == [1, 3]
     check_question("What is [1] next to [3]?", insts)
     with pytest.raises(InstitError) as e:

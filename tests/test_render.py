@@ -12,9 +12,9 @@ import pytest
 from instit_edge.data.synth import build_world
 from instit_edge.drawing import PALETTE, SHAPES, color_for, shape_mask, text_color_for
 from instit_edge.errors import InstitError
+from instit_edge.marker.base import Detection
 from instit_edge.marker.render import (
     STYLES,
-    Mark,
     draw_marks,
     label_anchor,
     label_rects,
@@ -78,7 +78,7 @@ def test_rendering_from_ground_truth_masks_matches_synth(world):
     checked = 0
     for _image_path, mask_path, insts in list(_frames(world))[:12]:
         label_map = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
-        marks = [Mark(int(k), box=tuple(v["box"]), mask=label_map == int(k)) for k, v in insts.items()]
+        marks = [Detection(id=int(k), box=tuple(v["box"]), mask=label_map == int(k)) for k, v in insts.items()]
         labels = place_labels(marks, label_map.shape)
         for lab in labels:
             assert list(lab.rect) == insts[str(lab.id)]["label_rect"]
@@ -91,7 +91,7 @@ def test_anchor_inside_every_shape(shape):
     H, W = 200, 260
     for r in (14, 22, 40):
         mask = shape_mask(shape, 120.3, 95.7, r, H, W)
-        x, y = label_anchor(Mark(1, mask=mask), mask.shape)
+        x, y = label_anchor(Detection(id=1, mask=mask), mask.shape)
         assert mask[y, x], (shape, r)
 
 
@@ -100,7 +100,7 @@ def test_anchor_non_convex_where_centroid_is_outside():
     # a ring: its centroid (and box centre) lies in the hole
     ring = shape_mask("ring", 80, 60, 40, H, W)
     assert not ring[60, 80]
-    x, y = label_anchor(Mark(3, mask=ring), ring.shape)
+    x, y = label_anchor(Detection(id=3, mask=ring), ring.shape)
     assert ring[y, x]
     # a "C": thick arc open on the right, centroid outside the shape
     c = np.zeros((H, W), np.uint8)
@@ -108,7 +108,7 @@ def test_anchor_non_convex_where_centroid_is_outside():
     c = c.astype(bool)
     ys, xs = np.nonzero(c)
     assert not c[int(ys.mean()), int(xs.mean())]
-    x, y = label_anchor(Mark(4, mask=c), c.shape)
+    x, y = label_anchor(Detection(id=4, mask=c), c.shape)
     assert c[y, x]
     # the anchor is the deepest point: at least as deep as 80% of the maximum
     dist = cv2.distanceTransform(np.pad(c.view(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
@@ -116,7 +116,7 @@ def test_anchor_non_convex_where_centroid_is_outside():
 
 
 def test_box_anchor_is_box_centre():
-    assert label_anchor(Mark(1, box=(10, 20, 50, 40)), (100, 100, 3)) == (30, 30)
+    assert label_anchor(Detection(id=1, box=(10, 20, 50, 40)), (100, 100, 3)) == (30, 30)
 
 
 def test_labels_clamped_inside_image():
@@ -125,10 +125,10 @@ def test_labels_clamped_inside_image():
     corner = np.zeros((H, W), bool)
     corner[H - 6 :, W - 6 :] = True
     marks = [
-        Mark(1, box=(0, 0, 4, 4)),
-        Mark(22, box=(W - 3, 0, W, 3)),
-        Mark(333, box=(0, H - 2, 2, H)),
-        Mark(4, mask=corner),
+        Detection(id=1, box=(0, 0, 4, 4)),
+        Detection(id=22, box=(W - 3, 0, W, 3)),
+        Detection(id=333, box=(0, H - 2, 2, H)),
+        Detection(id=4, mask=corner),
     ]
     _, labels = draw_marks(img, marks, "box+id", return_labels=True)
     assert [lab.id for lab in labels] == [1, 22, 333, 4]
@@ -140,7 +140,7 @@ def test_labels_clamped_inside_image():
 def test_crowded_labels_are_nudged_apart():
     H, W = 240, 320
     img = np.full((H, W, 3), 90, np.uint8)
-    marks = [Mark(i, box=(140, 100, 180, 140)) for i in range(1, 9)]
+    marks = [Detection(id=i, box=(140, 100, 180, 140)) for i in range(1, 9)]
     _, labels = draw_marks(img, marks, "id", return_labels=True)
     rects = [lab.rect for lab in labels]
     assert rects == label_rects(marks, img.shape)
@@ -158,7 +158,7 @@ def test_nudged_label_stays_inside_its_mask_when_possible():
     big[40:160, 40:160] = True
     small = np.zeros((H, W), bool)
     small[95:105, 95:105] = True  # sits on the big square's anchor
-    labels = place_labels([Mark(1, mask=small), Mark(2, mask=big)], (H, W))
+    labels = place_labels([Detection(id=1, mask=small), Detection(id=2, mask=big)], (H, W))
     assert not _overlap(labels[0].rect, labels[1].rect)
     cx, cy = labels[1].center
     assert big[cy, cx]
@@ -170,7 +170,7 @@ def test_each_style_draws_what_it_says():
     before = img.copy()
     mask = shape_mask("ring", 70, 80, 40, H, W)
     box = (130, 30, 180, 70)
-    marks = [Mark(1, mask=mask), Mark(2, box=box)]
+    marks = [Detection(id=1, mask=mask), Detection(id=2, box=box)]
     outs = {}
     for style in STYLES:
         out, labels = draw_marks(img, marks, style, return_labels=True)
@@ -205,18 +205,18 @@ def test_each_style_draws_what_it_says():
 def test_bad_inputs_raise_one_line_errors():
     img = np.zeros((50, 60, 3), np.uint8)
     cases = [
-        lambda: draw_marks(img, [Mark(1, box=(1, 1, 5, 5))], style="blobs"),
-        lambda: draw_marks(img[..., 0], [Mark(1, box=(1, 1, 5, 5))]),
+        lambda: draw_marks(img, [Detection(id=1, box=(1, 1, 5, 5))], style="blobs"),
+        lambda: draw_marks(img[..., 0], [Detection(id=1, box=(1, 1, 5, 5))]),
         lambda: draw_marks(img.astype(np.float32), []),
-        lambda: draw_marks(img, [Mark(1, mask=np.ones((10, 10), bool))]),
-        lambda: draw_marks(img, [Mark(7)]),
+        lambda: draw_marks(img, [Detection(id=1, mask=np.ones((10, 10), bool))]),
+        lambda: draw_marks(img, [Detection(id=7)]),
     ]
     for case in cases:
         with pytest.raises(InstitError) as e:
             case()
         assert "\n" not in str(e.value)
     with pytest.raises(InstitError, match=r"mark 7"):
-        draw_marks(img, [Mark(7)])
+        draw_marks(img, [Detection(id=7)])
 
 
 def test_palette_and_text_contrast():
@@ -233,7 +233,7 @@ def test_palette_and_text_contrast():
 
 def test_explicit_mark_colour_is_used():
     img = np.zeros((60, 80, 3), np.uint8)
-    out, labels = draw_marks(img, [Mark(1, box=(10, 10, 50, 50), color=(1, 2, 3))], "id", return_labels=True)
+    out, labels = draw_marks(img, [Detection(id=1, box=(10, 10, 50, 50), color=(1, 2, 3))], "id", return_labels=True)
     assert labels[0].color == (1, 2, 3)
 
 
@@ -247,7 +247,7 @@ def test_render_cost_is_bounded_per_mark(monkeypatch):
     marks = []
     for i in range(8):
         m = shape_mask(SHAPES[i % len(SHAPES)], 60 + 70 * i, 120 + 30 * (i % 3), 28, H, W)
-        marks.append(Mark(i + 1, mask=m))
+        marks.append(Detection(id=i + 1, mask=m))
     calls = {"distanceTransform": [], "findContours": []}
     for name, seen in calls.items():
         real = getattr(render.cv2, name)

@@ -253,7 +253,8 @@ def _at(inst: _Inst, t: int | None) -> tuple[float, float]:
 
 def _render(scene: _Scene, t: int | None, style: str = "mask+id"):
     """(marked RGB image, label map uint8, per-instance ground truth dict); marks drawn in ``style``."""
-    from instit_edge.marker.render import Mark, draw_marks
+    from instit_edge.marker.base import Detection
+    from instit_edge.marker.render import draw_marks
 
     W, H = scene.width, scene.height
     img = scene.background.copy()
@@ -266,7 +267,7 @@ def _render(scene: _Scene, t: int | None, style: str = "mask+id"):
         img[mask] = COLORS[inst.color]
         label_map[mask] = inst.id
         x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
-        marks.append(Mark(inst.id, box=(x, y, x + w, y + h), mask=mask))
+        marks.append(Detection((x, y, x + w, y + h), mask, id=inst.id))
         gts[str(inst.id)] = {
             "color": inst.color, "shape": inst.shape, "size": inst.size,
             "box": [x, y, x + w, y + h], "center": [round(cx, 2), round(cy, 2)],

@@ -17,11 +17,11 @@ _EXPORTS = {
     "MotionDetector": "motion", "StaticDetector": "static", "ManualDetector": "manual",
     "OnnxYoloDetector": "onnx_yolo",
     "ByteTracker": "tracker",
-    "Instance": "instances", "visible_ids": "instances", "check_question": "instances",
+    "visible_ids": "instances", "check_question": "instances",
     "Marker": "pipeline", "MarkedFrame": "pipeline",
     "LiveMarker": "live", "Keyframe": "live",
     "open_source": "sources",
-    "Mark": "render", "draw_marks": "render",
+    "draw_marks": "render",
 }
 
 

@@ -72,12 +72,31 @@ FACTORIES: dict[str, tuple[bool, str]] = {
 
 @dataclass
 class Detection:
-    """One detected object: ``box`` ``(x0, y0, x1, y1)`` in frame pixels (x1/y1 exclusive)."""
+    """One object in one frame, the one type from detector to tracker to renderer.
 
-    box: tuple[float, float, float, float]
-    mask: np.ndarray | None = None  # bool HxW of the full frame, or None
+    ``box`` ``(x0, y0, x1, y1)`` in frame pixels (x1/y1 exclusive) and/or ``mask`` (bool HxW of the full
+    frame); ``label`` and ``score`` from the detector. The tracker sets ``id`` (the persistent track ID, the
+    number drawn on the object; None before tracking) and ``first_seen`` / ``last_seen`` (0-based frame
+    indices over the frames the marker has seen). ``color`` overrides the ID's palette colour when drawn.
+    """
+
+    box: tuple[float, float, float, float] | None = None
+    mask: np.ndarray | None = None
     label: str = "object"
     score: float = 1.0
+    id: int | None = None
+    first_seen: int = 0
+    last_seen: int = 0
+    color: tuple[int, int, int] | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of a tracked object (the mask is summarised by its pixel count)."""
+        d = {"id": None if self.id is None else int(self.id), "box": [int(v) for v in self.box],
+             "label": self.label, "score": round(float(self.score), 4), "first_seen": int(self.first_seen),
+             "last_seen": int(self.last_seen)}
+        if self.mask is not None:
+            d["mask_area"] = int(np.count_nonzero(self.mask))
+        return d
 
 
 def check_frame(frame) -> np.ndarray:

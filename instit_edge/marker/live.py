@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from instit_edge.errors import InstitError
-from instit_edge.marker.instances import Instance, check_question, visible_ids
+from instit_edge.marker.base import Detection
+from instit_edge.marker.instances import check_question, visible_ids
 from instit_edge.marker.pipeline import MarkedFrame, Marker
 from instit_edge.marker.sources import FrameSource, open_source
 
@@ -42,7 +43,7 @@ class Keyframe:
     frame: int
     timestamp: float
     image: np.ndarray
-    instances: list[Instance]
+    instances: list[Detection]
     raw: np.ndarray | None = None
 
 

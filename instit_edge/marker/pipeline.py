@@ -2,7 +2,7 @@
 
 >>> m = Marker("motion", style="box+id")
 >>> mf = m.process(frame_rgb)          # MarkedFrame
->>> mf.image, mf.instances, mf.timings  # marked RGB frame, [Instance], {"detect_ms", "track_ms", "render_ms"}
+>>> mf.image, mf.instances, mf.timings  # marked RGB frame, [Detection] with track IDs, {"detect_ms", "track_ms", "render_ms"}
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from instit_edge.errors import InstitError
-from instit_edge.marker.base import check_frame, make_detector
-from instit_edge.marker.instances import Instance, check_question, visible_ids
+from instit_edge.marker.base import Detection, check_frame, make_detector
+from instit_edge.marker.instances import check_question, visible_ids
 from instit_edge.marker.render import STYLES, draw_marks
 from instit_edge.marker.tracker import ByteTracker
 
@@ -28,7 +28,7 @@ class MarkedFrame:
     index: int
     timestamp: float
     image: np.ndarray
-    instances: list[Instance]
+    instances: list[Detection]
     timings: dict = field(default_factory=dict)
 
     @property
@@ -66,7 +66,7 @@ class Marker:
         t1 = time.perf_counter()
         inst = self.tracker.update(dets, self.n)
         t2 = time.perf_counter()
-        image = draw_marks(frame, [i.to_mark() for i in inst], style=self.style) if self.draw else frame
+        image = draw_marks(frame, inst, style=self.style) if self.draw else frame
         t3 = time.perf_counter()
         mf = MarkedFrame(self.n, float(self.n if timestamp is None else timestamp), image, inst,
                          {"detect_ms": (t1 - t0) * 1e3, "track_ms": (t2 - t1) * 1e3, "render_ms": (t3 - t2) * 1e3,

@@ -1,5 +1,8 @@
 """Set-of-Marks rendering: draw instance IDs (and boxes / contours) on a frame.
 
+What is drawn is a list of :class:`~instit_edge.marker.base.Detection` with an ``id`` (the tracker's
+output, or built by hand: ``Detection(box, mask, id=3)``).
+
 Inst-IT visual prompts put each instance's numeric ID at the instance centre on
 a small filled label box with contrasting text, plus a thin coloured contour
 (or a box). This module draws them with OpenCV primitives only, so it runs at
@@ -27,20 +30,11 @@ import numpy as np
 
 from instit_edge.drawing import color_for, text_color_for
 from instit_edge.errors import InstitError
+from instit_edge.marker.base import Detection
 
 STYLES = ("id", "box", "box+id", "mask+id", "contour+id", "none")
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
-
-
-@dataclass
-class Mark:
-    """One instance to mark: its ID and a box ``(x0, y0, x1, y1)`` and/or a bool mask."""
-
-    id: int
-    box: tuple[int, int, int, int] | None = None
-    mask: np.ndarray | None = None
-    color: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +68,7 @@ def _label_size(text: str, image_shape) -> tuple[int, int]:
     return tw + 2 * pad, th + base + 2 * pad
 
 
-def _check_mask(mark: Mark, image_shape) -> np.ndarray | None:
+def _check_mask(mark: Detection, image_shape) -> np.ndarray | None:
     m = mark.mask
     if m is None:
         return None
@@ -100,7 +94,7 @@ def _mask_crop(mask: np.ndarray):
     return x, y, crop
 
 
-def label_anchor(mark: Mark, image_shape) -> tuple[int, int]:
+def label_anchor(mark: Detection, image_shape) -> tuple[int, int]:
     """The (x, y) pixel where ``mark``'s ID label is centred before overlap nudging.
 
     For a mask: the distance-transform maximum (the point deepest inside the
@@ -223,6 +217,10 @@ def draw_marks(image_rgb: np.ndarray, marks, style: str = "box+id", *, return_la
         )
     out = np.ascontiguousarray(img).copy()
     marks = list(marks)
+    untracked = [m for m in marks if m.id is None]
+    if untracked:
+        raise InstitError(f"draw_marks: {len(untracked)} detection(s) without an id (run them through the tracker "
+                          "or set id=N)")
     labels: list[Label] = []
     if style != "none":
         thick = _line_thickness(out.shape)

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from instit_edge.marker.base import Detection
-from instit_edge.marker.instances import Instance
 
 TENTATIVE, TRACKED, LOST = "tentative", "tracked", "lost"
 
@@ -222,7 +221,7 @@ class ByteTracker:
         self._next_id += 1
 
     # ---- one frame
-    def update(self, detections, frame_index: int | None = None) -> list[Instance]:
+    def update(self, detections, frame_index: int | None = None) -> list[Detection]:
         """Feed one frame's detections; return the confirmed instances matched in this frame."""
         self.frame = self.frame + 1 if frame_index is None else int(frame_index)
         f = self.frame
@@ -304,10 +303,11 @@ class ByteTracker:
         cost = center_cost(pred[ti], boxes[di])
         return pairs + [(ti[a], di[b]) for a, b in assign(cost, self.dist_gate)]
 
-    def _instance(self, t: Track) -> Instance:
+    def _instance(self, t: Track) -> Detection:
         x0, y0, x1, y1 = t.det.box
         box = (int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1)))
-        return Instance(t.id, box, t.det.mask, t.det.label, float(t.det.score), t.first_seen, t.last_seen)
+        return Detection(box, t.det.mask, t.det.label, float(t.det.score), id=t.id, first_seen=t.first_seen,
+                         last_seen=t.last_seen)
 
     def active_ids(self) -> list[int]:
         """IDs of confirmed tracks still alive (tracked or briefly lost)."""
