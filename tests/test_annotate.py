@@ -323,7 +323,10 @@ def test_served_bundle_as_teacher_garbage_ends_as_failed_items(inputs, tmp_path,
         assert {f["record"] for f in failed} == {"street", "still"} and "failed" in p.stderr
         assert summary["records"] == 0 and not (out / "inst_it_dataset_video.json").exists()
         assert not (out / "cache.jsonl").exists()  # nothing valid, nothing cached: a rerun asks them again
-        assert summary["requests"]["tokens"] > 0 and secs < 60
+        req = summary["requests"]
+        print(f"annotate against the served tiny bundle: {secs:.1f} s, requests {req}")
+        # bounded work, counted rather than timed (--fix-attempts 1): at most one fix retry per item
+        assert req["tokens"] > 0 and req["fix_retries"] <= req["planned"]
     finally:
         proc.terminate()
         proc.wait(30)
