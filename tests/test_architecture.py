@@ -30,10 +30,8 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 
-# Known cycles, each with the reason it stays and the way out. models/ is frozen while the default model is
-# retrained; once it is not, move ``check_safetensors`` out of models/loading.py (original_layout imports it
-# from there, and loading imports original_layout to read original-layout checkpoints).
-ALLOWED_CYCLES = {frozenset({"instit_edge.models.loading", "instit_edge.models.original_layout"})}
+# Known cycles, each with the reason it stays and the way out (none today).
+ALLOWED_CYCLES: set[frozenset] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -187,7 +187,7 @@ def weight_files(path: Path) -> list[Path]:
 
 def read_shapes(path: Path) -> dict[str, tuple[list[int], Path]]:
     """Tensor name -> (shape, file), from the safetensors headers only (checked for truncation)."""
-    from .loading import check_safetensors
+    from .safetensors_file import check_safetensors
 
     out: dict[str, tuple[list[int], Path]] = {}
     for f in weight_files(path):
