@@ -52,7 +52,9 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_runtime.py --out $(OUT)/bench
 
-# Reproduce the embedded default model (models/default): world at 128 px, vision pretraining, VLM training.
+# Train the embedded default model (models/default) with the current curriculum: world at 128 px, vision
+# pretraining, then the LLM on oracle rows, the projector, both on real rows (hours of CPU; resumable).
+# The committed weights come from the earlier recipe (commit 98ac102); see models/default/README.md.
 train-default: setup
 	$(PY) -m instit_edge.train.default_model --out models/default
 
