@@ -181,20 +181,17 @@ def pretrain_vision(model, processor, world: Path, steps: int, lr: float = 1e-3,
 
 
 # --------------------------------------------------------------------------- stage 2: the VLM
-def vlm_samples(world: Path, seed: int = 0):
-    """Dense instance lists first (curriculum), then bench-format MC + OE questions, as training samples."""
+def bench_samples(world: Path) -> list:
+    """The training world's bench questions (MC + OE, image + video) in the official prompts, as samples."""
     from ..data.bench import load_bench
-    from ..data.dataset import load_instit_dataset
-    from ..prompting import official_prompt as bench_prompt
-    from .instructions import Sample, instit_samples
+    from ..prompting import official_prompt
+    from .instructions import Sample
 
-    dense = [s for s in instit_samples(load_instit_dataset(world / "dataset"), 2, seed)
-             if s.kind in ("list", "frame_list", "change")]
     qa = []
     for it in load_bench(world / "bench"):
         media = {"image": it.image_path} if it.split == "image" else {"frames": list(it.frame_paths)}
-        qa.append(Sample([(bench_prompt(it), it.answer)], kind=f"{it.split}-{it.format}", **media))
-    return dense, qa
+        qa.append(Sample([(official_prompt(it), it.answer)], kind=f"{it.split}-{it.format}", **media))
+    return qa
 
 
 def lookup_samples(world: Path) -> list:
@@ -237,16 +234,15 @@ def regress_projector(model, processor, scenes, steps: int, lr: float = 2e-3, ba
     """Train the projector alone so that its rows match the oracle rows (mean squared error per row)."""
     import torch
 
+    from ..runtime.anyres import load_image
     from .oracle_rows import embed_rows
 
     rows = FrozenVisionRows(model, processor)
     paths = sorted(scenes.table)[:: max(1, len(scenes.table) // 4000)]
-    from ..runtime.anyres import load_image
-
     feats = []
     for i in range(0, len(paths), 256):
         crops = np.concatenate([rows.enc.pre.crops(load_image(p), anyres=False)[0] for p in paths[i:i + 256]])
-        feats.append(rows._features(crops))
+        feats.append(rows.features(crops))
     feats = torch.cat(feats)
     emb = model.get_input_embeddings()
     with torch.no_grad():
@@ -282,7 +278,7 @@ class FrozenVisionRows:
         self.enc = MediaEncoder(model, processor)
         self.cache: dict[int, tuple] = {}
 
-    def _features(self, crops):
+    def features(self, crops):
         import torch
 
         inner = self.model.model
@@ -303,11 +299,11 @@ class FrozenVisionRows:
         if key not in self.cache:
             if sample.image is not None:
                 crops, hw = self.enc.pre.crops(load_image(sample.image), anyres=self.enc.is_next)
-                self.cache[key] = ("image", self._features(crops), hw)
+                self.cache[key] = ("image", self.features(crops), hw)
             else:
                 frames = load_frames(sample.frames, 32)
                 crops = np.concatenate([self.enc.pre.crops(Image.fromarray(f), anyres=False)[0] for f in frames])
-                self.cache[key] = ("video", self._features(crops), None)
+                self.cache[key] = ("video", self.features(crops), None)
         kind, feats, hw = self.cache[key]
         inner = self.model.model
         x = inner.multi_modal_projector(feats)
@@ -482,7 +478,7 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
         _save_tower(model, tower_path, vis)
     from .oracle_rows import OracleRows, SceneTable
 
-    _, qa = vlm_samples(world, seed)
+    qa = bench_samples(world)
     lookups = lookup_samples(world)
     rng = random.Random(seed)
     mc = [s for s in qa if s.kind.endswith("-mc")]
