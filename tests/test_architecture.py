@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / "instit_edge"
 # Lowest first; a unit (a top-level module or subpackage of instit_edge) may import only units of a lower
 # rank (and itself). Units of one rank are independent of each other. Keep in step with docs/ARCHITECTURE.md.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "system", "drawing"),        # leaves: no package imports
+    ("errors", "system", "drawing", "terminal"),  # leaves: no package imports (terminal: consoles, progress)
     ("atomic", "prompting"),                # atomic writes; the prompt protocol and chat templates
     ("bundle",),                            # the bundle manifest
     ("marker",),                            # detect -> track -> draw Set-of-Marks
@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("export",),                            # GGUF / ONNX / mmproj writers
     ("runtime",),                           # EdgeSession and its backends
     ("quant",),                             # quantized variants (measured with the runtime)
-    ("eval", "train", "bench", "demo", "serve", "annotate"),  # applications of the stages below
+    ("eval", "train", "demo", "serve", "annotate"),  # applications of the stages below
+    ("bench",),                             # measures the stages and the applications (demo engine, server)
     ("doctor",),
     ("cli", "__init__"),                    # the command line; the package's lazy public names
 ]

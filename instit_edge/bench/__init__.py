@@ -21,6 +21,13 @@ machine facts, GGUF weight bytes), :mod:`.children` (the measured configurations
 :mod:`.runner` (the parent: :func:`run_benchmark`), :mod:`.analysis` (roofline, ratios, noise, targets),
 :mod:`.report` (Markdown and plots), :mod:`.commands` (``instit-edge bench``).
 
+Measurements of one part each, outside ``instit-edge bench`` (each ``python -m instit_edge.bench.NAME --help``;
+a ``measure_*`` / ``soak`` function returns the numbers, ``main`` prints them and writes JSON):
+:mod:`.marker_speed` (the marker on one pinned core: per-stage ms, fps and track quality per mark style),
+:mod:`.demo_latency` (the demo engine: marked fps, time to first token cached / uncached, ``<t>`` questions),
+:mod:`.demo_soak` (many viewers for minutes: RSS growth, fps and latency over time),
+:mod:`.serve_load` (``instit-edge serve`` through the openai client: requests/s, time to first token).
+
     from instit_edge.bench.runner import BenchConfig, run_benchmark
     res = run_benchmark(BenchConfig(target="edge", out=Path("out/bench")))
 """

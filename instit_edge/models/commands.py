@@ -1,4 +1,5 @@
-"""CLI commands about checkpoints: ``convert`` (LLaVA-NeXT repo layout -> HF) and ``inspect`` (registered by cli.py)."""
+"""CLI commands about checkpoints: ``tiny`` (build one offline), ``convert`` (LLaVA-NeXT repo layout -> HF) and
+``inspect`` (registered by cli.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Optional
 import typer
 
 from ..errors import InstitError
+from ..terminal import tree_mb
 
 PROBE_IMAGE = (640, 480)  # (w, h)
 PROBE_FRAMES = 8
@@ -153,7 +155,36 @@ def inspect_path(path: str | Path, vision_tower=None) -> list[tuple[str, str]]:
     return describe_hf(p, cfg)
 
 
+def build_preset(out_dir: str | Path, preset: str = "tiny", *, arch: str | None = None, llm: str | None = None,
+                 vision: str | None = None, seed: int = 0, force: bool = False, console=None) -> Path:
+    """Build the checkpoint of a preset (``arch`` / ``llm`` / ``vision`` override the preset's) under ``out_dir``
+    with a status line on ``console`` (default: stderr); InstitError on an unknown preset or choice."""
+    from ..terminal import console as default_console
+    from .tiny import build_tiny, preset_spec
+
+    overrides = {k: v for k, v in (("arch", arch), ("llm", llm), ("vision", vision)) if v is not None}
+    spec = preset_spec(preset, seed=seed, **overrides)  # validates
+    with (console or default_console).status(f"building {preset} {spec.arch} ({spec.llm} + {spec.vision})"):
+        return build_tiny(out_dir, spec, force=force)
+
+
 def register(app: typer.Typer, console, out) -> None:
+    @app.command()
+    def tiny(
+        out_dir: Path = typer.Option(..., "--out", help="Directory to write the checkpoint to."),
+        preset: str = typer.Option("tiny", "--preset",
+                                   help="tiny (test model) | edge (Qwen2-0.5B-sized LLM + ViT-B/16-224 SigLIP, "
+                                        "benchmarks)"),
+        arch: Optional[str] = typer.Option(None, help="llava | llava-next (default: the preset's)"),
+        llm: Optional[str] = typer.Option(None, help="llama | qwen2 (default: the preset's)"),
+        vision: Optional[str] = typer.Option(None, help="clip | siglip (default: the preset's)"),
+        seed: int = typer.Option(0, help="Weight seed."),
+        force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    ):
+        """Build a tiny LLaVA / LLaVA-Next checkpoint offline (random weights, real tokenizer and processor)."""
+        p = build_preset(out_dir, preset, arch=arch, llm=llm, vision=vision, seed=seed, force=force, console=console)
+        console.print(f"[green]wrote[/] {p} ({tree_mb(p):.1f} MB)")
+
     @app.command("convert")
     def convert_cmd(
         checkpoint: Path = typer.Argument(..., help="LLaVA-NeXT repo checkpoint (LlavaLlama/Mistral/QwenForCausalLM)."),
@@ -176,8 +207,7 @@ def register(app: typer.Typer, console, out) -> None:
                               f"{cfg.get('architectures')}); HF checkpoints need no conversion")
         with console.status(f"converting {checkpoint}"):
             p = convert_original(checkpoint, out_dir, vision_tower=vision_tower, force=force)
-        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-        console.print(f"[green]wrote[/] {p} ({size / 1e6:.1f} MB)")
+        console.print(f"[green]wrote[/] {p} ({tree_mb(p):.1f} MB)")
 
     @app.command("inspect")
     def inspect_cmd(

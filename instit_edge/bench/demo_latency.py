@@ -1,4 +1,4 @@
-"""Benchmark the webcam demo's processing path (not a test): marked frames per second, and time to first token.
+"""The webcam demo's processing path: marked frames per second, and time to first token.
 
 Drives :class:`instit_edge.demo.engine.DemoEngine` (what the Gradio app calls,
 without the browser) with recorded synthetic frames (640x480 moving shapes,
@@ -16,8 +16,8 @@ without the browser) with recorded synthetic frames (640x480 moving shapes,
   the end of the image rows; and a ``<t>`` question over the keyframes with
   and without background encoding of the keyframes.
 
-    python benchmarks/bench_demo.py                          # out/bundle (built when missing)
-    python benchmarks/bench_demo.py --bundle B --llm q4_k_m --vision int8 --threads 4 --out out/bench/demo.json
+    python -m instit_edge.bench.demo_latency              # out/bundle (built when missing)
+    python -m instit_edge.bench.demo_latency --bundle B --llm q4_k_m --vision int8 --threads 4 --out out/bench/demo.json
 
 ``--threads`` defaults to 1: llama.cpp threads spin-wait at their barriers, so
 more threads than idle cores (a shared 2-core machine) turn a 25 ms TTFT
@@ -28,32 +28,27 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instit_edge.demo.engine import DemoEngine  # noqa: E402
-from instit_edge.marker.synthvideo import moving_shapes  # noqa: E402
-from instit_edge.system import cpu_name  # noqa: E402
+from ..atomic import write_json
+from ..demo.engine import DemoEngine
+from ..marker.synthvideo import moving_shapes
+from ..system import cpu_name
 
 QUESTION = "What is [1] doing?"
-
-
 
 
 def ensure_bundle(path: Path) -> Path:
     if (path / "bundle.json").is_file():
         return path
     print(f"{path} has no bundle: building the tiny default model and exporting it (needs the [export] extra)")
-    from instit_edge.export.bundle_writer import export_bundle
-    from instit_edge.models.tiny import TinySpec, build_tiny
+    from ..export.bundle_writer import export_bundle
+    from ..models.tiny import TinySpec, build_tiny
 
     ckpt = build_tiny(path.parent / (path.name + "-ckpt"), TinySpec())
     export_bundle(str(ckpt), path, llm_types=("f16",))
@@ -123,11 +118,11 @@ def bench_questions(eng: DemoEngine, frames, repeats: int) -> dict:
     return rows
 
 
-def bench_video(bundle, frames, args) -> dict:
+def bench_video(bundle, frames, *, llm: str, vision: str, threads: int, max_new_tokens: int) -> dict:
     out = {}
     for prefetch in (False, True):
-        eng = DemoEngine(bundle, llm=args.llm, vision=args.vision, n_threads=args.threads,
-                         max_new_tokens=args.max_new_tokens, prefetch=prefetch, keyframes=8)
+        eng = DemoEngine(bundle, llm=llm, vision=vision, n_threads=threads, max_new_tokens=max_new_tokens,
+                         prefetch=prefetch, keyframes=8)
         try:
             view = eng.new_view()
             ask_view = eng.new_view()
@@ -149,6 +144,31 @@ def bench_video(bundle, frames, args) -> dict:
     return out
 
 
+def measure_demo(bundle: Path, *, llm: str = "f16", vision: str = "fp32", threads: int = 1, frames: int = 300,
+                 repeats: int = 5, max_new_tokens: int = 32) -> dict:
+    """Marked output, question latencies and ``<t>`` latencies of the demo engine on ``bundle`` (built from the
+    tiny default model when missing): ``{"env", "marked_output", "questions", "raw", "video"}``."""
+    bundle = ensure_bundle(Path(bundle))
+    clip = recorded_frames(max(frames, 120, 40 + 3 * repeats))
+    eng = DemoEngine(bundle, llm=llm, vision=vision, n_threads=threads, max_new_tokens=max_new_tokens, prefetch=False)
+    try:
+        marked = bench_frames(eng, clip[:frames])
+        q = bench_questions(eng, clip, repeats)
+    finally:
+        eng.close()
+    video = bench_video(bundle, clip, llm=llm, vision=vision, threads=threads, max_new_tokens=max_new_tokens)
+    summary = {k: {m: stats(r[m] for r in rows) for m in ("ttft_ms", "vision_ms")} | {
+        "reused_tokens": rows[0]["reused_tokens"], "prompt_tokens": rows[0]["prompt_tokens"]}
+        for k, rows in q.items()}
+    import llama_cpp
+    import onnxruntime
+
+    env = {"python": platform.python_version(), "cpu": cpu_name(), "machine": platform.machine(),
+           "threads": threads, "llama_cpp_python": llama_cpp.__version__, "onnxruntime": onnxruntime.__version__,
+           "bundle": str(bundle), "llm": llm, "vision": vision, "max_new_tokens": max_new_tokens}
+    return {"env": env, "marked_output": marked, "questions": summary, "raw": q, "video": video}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=Path("out/bundle"))
@@ -161,26 +181,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out/bench/demo.json"))
     args = ap.parse_args(argv)
 
-    bundle = ensure_bundle(args.bundle)
-    frames = recorded_frames(max(args.frames, 120, 40 + 3 * args.repeats))
-    eng = DemoEngine(bundle, llm=args.llm, vision=args.vision, n_threads=args.threads,
-                     max_new_tokens=args.max_new_tokens, prefetch=False)
-    try:
-        marked = bench_frames(eng, frames[:args.frames])
-        q = bench_questions(eng, frames, args.repeats)
-    finally:
-        eng.close()
-    video = bench_video(bundle, frames, args)
-    summary = {k: {m: stats(r[m] for r in rows) for m in ("ttft_ms", "vision_ms")} | {
-        "reused_tokens": rows[0]["reused_tokens"], "prompt_tokens": rows[0]["prompt_tokens"]}
-        for k, rows in q.items()}
-    import llama_cpp
-    import onnxruntime
-
-    env = {"python": platform.python_version(), "cpu": cpu_name(), "machine": platform.machine(),
-           "threads": args.threads, "llama_cpp_python": llama_cpp.__version__, "onnxruntime": onnxruntime.__version__,
-           "bundle": str(bundle), "llm": args.llm, "vision": args.vision, "max_new_tokens": args.max_new_tokens}
-    print(f"demo engine benchmark: {bundle} (llm {args.llm}, vision {args.vision}), {args.threads} threads, "
+    rep = measure_demo(args.bundle, llm=args.llm, vision=args.vision, threads=args.threads, frames=args.frames,
+                       repeats=args.repeats, max_new_tokens=args.max_new_tokens)
+    env, marked, summary, video = rep["env"], rep["marked_output"], rep["questions"], rep["video"]
+    print(f"demo engine benchmark: {env['bundle']} (llm {args.llm}, vision {args.vision}), {args.threads} threads, "
           f"{env['cpu']}\n")
     print("| marked output (640x480, 3 moving objects) | value |")
     print("|---|---|")
@@ -199,9 +203,7 @@ def main(argv=None) -> int:
         label = "keyframes encoded in the background" if k == "prefetched" else "keyframes encoded on demand"
         print(f"| <t> over {v['keyframes']} keyframes, {label} | {v['ttft_ms']} | {v['vision_ms']} | "
               f"{v['reused_tokens']} / {v['prompt_tokens']} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"env": env, "marked_output": marked, "questions": summary, "raw": q,
-                                    "video": video}, indent=2) + "\n")
+    write_json(args.out, rep)  # atomic: a killed run leaves the previous report
     print(f"\nwrote {args.out}")
     return 0
 

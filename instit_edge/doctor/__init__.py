@@ -1,4 +1,5 @@
-"""``instit-edge doctor``: what this machine can run, and how to fix what it cannot."""
+"""``instit-edge doctor``: what this machine can run, and how to fix what it cannot (:func:`run_doctor`; the
+command is in :mod:`.commands`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from .system import package_version
+from ..system import package_version
 
 
 def opencv_wheels() -> list[str]:
@@ -51,8 +52,8 @@ def _environment_rows(out_dir: Path) -> tuple[list, list[str]]:
                                     "llama-cpp-python install compiles llama.cpp (`apt-get install build-essential "
                                     "cmake`)")))
     try:
-        from .runtime.llm_llamacpp import cpu_has_amx, weight_repacking
-        from .system import cpu_name
+        from ..runtime.llm_llamacpp import cpu_has_amx, weight_repacking
+        from ..system import cpu_name
 
         cpu = cpu_name()
         rows.append(("cpu", True, f"{cpu}, {os.cpu_count()} cores; AMX: {'yes' if cpu_has_amx() else 'no'}; "
