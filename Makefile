@@ -36,6 +36,7 @@ demo: setup
 	$(CLI) export $(DEFAULT_MODEL) --out $(OUT)/bundle --llm-types f16,f32 --force
 	$(CLI) quantize $(OUT)/bundle --llm q8_0,q4_k_m,iq4_xs --vision int8 --gptq --calib $(OUT)/calib/bench
 	$(CLI) ask $(OUT)/bundle --list
+	rm -rf $(OUT)/runs  # the bundle was just re-exported: a resumed eval would keep the old model's answers
 	$(CLI) eval $(OUT)/bundle --bench $(OUT)/world/bench --llm f16 --out $(OUT)/runs/f16
 	$(CLI) eval $(OUT)/bundle --bench $(OUT)/world/bench --llm q4_k_m --vision int8 --out $(OUT)/runs/q4_k_m
 	$(CLI) eval $(OUT)/bundle --bench $(OUT)/world/bench --llm gptq --out $(OUT)/runs/gptq
@@ -52,9 +53,9 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_runtime.py --out $(OUT)/bench
 
-# Train the embedded default model (models/default) with the current curriculum: world at 128 px, vision
-# pretraining, then the LLM on oracle rows, the projector, both on real rows (hours of CPU; resumable).
-# The committed weights come from the earlier recipe (commit 98ac102); see models/default/README.md.
+# Train the embedded default model (models/default): world at 128 px, the vision tower on per-patch targets,
+# tower + projector into a readable per-patch code, the LLM on oracle rows (short lookups), then on the
+# tower's code rows (MC lookups, then bench questions). ~65 CPU minutes on 2 cores; resumable.
 train-default: setup
 	$(PY) -m instit_edge.train.default_model --out models/default
 

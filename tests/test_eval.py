@@ -91,6 +91,12 @@ def test_rerun_skips_done_and_refuses_another_variant(runs, bench, qbundle, tmp_
     assert (d / "predictions.jsonl").read_bytes() == before
     with pytest.raises(InstitError, match="another --out"):
         run_eval(qbundle, bench, d, llm="q4_k_m", n_threads=THREADS)
+    # the same variant name with other weights (a re-export into the same folder): refused too
+    meta = json.loads((d / "run.json").read_text())
+    meta["files"]["llm"]["sha256"] = "0" * 64
+    (d / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(InstitError, match="another --out"):
+        run_eval(qbundle, bench, d, llm="f16", n_threads=THREADS)
 
 
 def test_kill_and_resume_equals_uninterrupted(runs, bench, qbundle, tmp_path):

@@ -40,7 +40,7 @@ class BundleBackend:
         files = {}
         for group, name in (("llm", self.session.llm_variant), ("vision", self.session.vision_variant)):
             e = b.entry(group, name)
-            files[group] = {"variant": name, "path": e["path"], "size": e["size"]}
+            files[group] = {"variant": name, "path": e["path"], "size": e["size"], "sha256": e.get("sha256")}
         return {"backend": self.kind, "bundle": str(Path(b.root).resolve()), "model": None,
                 "llm": self.session.llm_variant, "vision": self.session.vision_variant, "files": files,
                 "max_tiles": self.session.max_tiles}

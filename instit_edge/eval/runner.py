@@ -23,7 +23,9 @@ from ..data.records import BenchItem
 from ..errors import InstitError
 from .store import PREDICTIONS, RUN_JSON, PredictionLog, group_key, read_predictions, uid, write_submissions
 
-IDENTITY = ("backend", "bundle", "model", "llm", "vision", "max_tiles")
+# what a rerun must share with the run it extends; "files" holds each file's sha256, so a bundle re-exported
+# from another checkpoint into the same folder (same names, same sizes) is not resumed as if it were the same
+IDENTITY = ("backend", "bundle", "model", "llm", "vision", "max_tiles", "files")
 MAX_NEW_TOKENS = 128
 
 

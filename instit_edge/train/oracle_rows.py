@@ -12,9 +12,10 @@ curriculum:
   synthetic world's ground truth: the row of a patch is the sum of the LLM's
   own input embeddings of the covering instance's ID digit, colour, shape and
   position words (zero for background; video frames are 2x2-pooled like the
-  real rows). The LLM learns the question -> row lookup on clean inputs; the
-  projector is then trained to produce such rows from the vision features
-  (``default_model.regress_projector``), and the last stage trains on real rows.
+  real rows). The LLM learns the question -> row lookup on clean inputs
+  (stage 2a); the tower's own rows are made the same kind of sum by the
+  projector's code (``default_model.pretrain_codes`` + ``TiedCodeRows``), and
+  stage 2b trains on those.
 
 Tried and dropped: initialising one first-layer head as an ID matcher (query
 and key projected onto the span of the ID-digit embeddings on the slowest RoPE
