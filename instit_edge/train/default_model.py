@@ -590,14 +590,6 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
             "samples_per_s": round((done - start) * batch / max(time.perf_counter() - t0, 1e-9), 2)}
 
 
-def _save_tower(model, path: Path, info: dict) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"tower": model.model.vision_tower.state_dict(), "info": info}, tmp)
-    os.replace(tmp, path)
-
-
 def _load_stage(path: Path, log) -> dict | None:
     import torch
 
@@ -648,7 +640,7 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
     st = _load_stage(work / "vision.pt", log)  # stage 1
     if st is None:
         vis = pretrain_vision(model, processor, world, vision_steps, log=log)
-        _save_tower(model, work / "vision.pt", vis)
+        _save_stage(work / "vision.pt", {"tower": model.model.vision_tower.state_dict(), "info": vis})
     else:
         model.model.vision_tower.load_state_dict(st["tower"])
         vis = st["info"]
