@@ -12,6 +12,7 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 COMBOS = [f"{a}-{m}-{v}" for a, m, v in itertools.product(("llava-next", "llava"), ("llama", "qwen2"), ("clip", "siglip"))]
+COMBOS.append("llava-onevision-qwen2-siglip")  # the real OneVision pairing (Qwen2 + SigLIP)
 
 
 def _spec(combo: str):

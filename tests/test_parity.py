@@ -43,7 +43,7 @@ def test_vision_onnx_matches_hf(combo, bundles, tiny_models, sessions, rng):
     edge, _, ref = sessions(combo, bundles, tiny_models)
     img = _image(rng)
     ours, _ = edge.image_embeddings(img)
-    inputs = ref.processor(images=img, text="<image>", return_tensors="pt")
+    inputs = ref.processor.image_processor(images=img, return_tensors="pt")
     with torch.no_grad():
         feats = ref.model.get_image_features(pixel_values=inputs["pixel_values"],
                                              **({"image_sizes": inputs["image_sizes"]} if "image_sizes" in inputs else {}))
@@ -64,7 +64,8 @@ def test_llamacpp_f32_logits_and_greedy_match_torch(combo, bundles, tiny_models,
     assert edge.generated_ids(q, image=img, max_new_tokens=16) == ref.generated_ids(q, image=img, max_new_tokens=16)
 
 
-@pytest.mark.parametrize("combo", ["llava-next-llama-clip", "llava-next-qwen2-siglip", "llava-llama-siglip"])
+@pytest.mark.parametrize("combo", ["llava-next-llama-clip", "llava-next-qwen2-siglip", "llava-llama-siglip",
+                                   "llava-onevision-qwen2-siglip"])
 def test_video_logits_match_torch(combo, bundles, tiny_models, sessions, rng):
     edge, _, ref = sessions(combo, bundles, tiny_models)
     frames = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(int(rng.integers(2, 7)))]
@@ -103,3 +104,20 @@ def test_answer_reuses_prefix_and_image_cache(bundles, rng):
     assert n_first >= 1 and len(tower_calls) == n_first  # embeddings came from the cache: the tower did not run
     again = s.ask("What is [1]?", image=img, max_new_tokens=8)
     assert again.text == first.text
+
+
+def test_onevision_anyres_max_shrinks_and_matches_hf(bundles, tiny_models, sessions, rng):
+    """A 2x2-tile grid (8x8 patches) is over anyres_max_2's limit (sqrt(64 / 32) = 1.41 > 1.1): HF
+    LlavaOnevision shrinks it bilinearly to 5x5; the bundle runtime packs the same rows."""
+    combo = "llava-onevision-qwen2-siglip"
+    edge, _, ref = sessions(combo, bundles, tiny_models)
+    side = int(rng.integers(56, 64))
+    img = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+    ours, _ = edge.image_embeddings(img)
+    inputs = ref.processor.image_processor(images=img, return_tensors="pt")
+    with torch.no_grad():
+        rows = ref.model.get_image_features(pixel_values=inputs["pixel_values"],
+                                            image_sizes=inputs["image_sizes"]).pooler_output
+    rows = torch.cat(list(rows), 0)
+    assert ours.shape[0] == 16 + 5 * 6  # base 4x4, the shrunk 5x5 grid with a newline per row
+    assert ours.shape == tuple(rows.shape) and np.abs(ours - rows.numpy()).max() <= 1e-4

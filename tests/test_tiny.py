@@ -10,15 +10,26 @@ from instit_edge.errors import InstitError
 
 @pytest.mark.parametrize("combo", COMBOS)
 def test_tiny_reloads_and_generates(tiny_models, combo, rng):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from instit_edge.models.loading import load_model
+    from instit_edge.models.parts_processor import PartsProcessor
 
     path = tiny_models(combo)
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
-    proc = AutoProcessor.from_pretrained(path)
+    _, proc = load_model(path)
     img = Image.fromarray(rng.integers(0, 255, (int(rng.integers(20, 90)), int(rng.integers(20, 90)), 3), np.uint8))
     text = proc.tokenizer.apply_chat_template([{"role": "user", "content": "<image>\nWhat is [1]?"}],
                                               tokenize=False, add_generation_prompt=True)
-    inputs = proc(images=img, text=text, return_tensors="pt")
+    if isinstance(proc, PartsProcessor):  # OneVision without torchvision: expand <image> by the model's own rows
+        inputs = dict(proc.image_processor(images=img, return_tensors="pt"))
+        with torch.no_grad():
+            n = sum(len(r) for r in model.get_image_features(**inputs).pooler_output)
+        ids = proc.tokenizer(text.replace("<image>", "<image>" * n), return_tensors="pt")
+        inputs = {**inputs, **ids}
+    else:
+        inputs = proc(images=img, text=text, return_tensors="pt")
     n_img = int((inputs["input_ids"] == model.config.image_token_id).sum())
     assert n_img > 0
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False, min_new_tokens=4)

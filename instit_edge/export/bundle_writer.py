@@ -1,4 +1,4 @@
-"""``instit-edge export``: a HF LLaVA / LLaVA-Next checkpoint -> an edge bundle directory.
+"""``instit-edge export``: a HF LLaVA / LLaVA-Next / LLaVA-OneVision checkpoint -> an edge bundle directory.
 
 Everything is written into a temporary directory beside the output and
 renamed into place at the end, so a failed export leaves nothing half-written
@@ -14,38 +14,9 @@ import numpy as np
 
 from ..bundle import FORMAT_VERSION, MANIFEST, Bundle
 from ..errors import InstitError
-from ..models.loading import SUPPORTED_ARCHS, load_model
+from ..models.families import SUPPORTED_ARCHS, preprocess_for
+from ..models.loading import load_model
 from ..prompting import pick_template
-
-
-def _preprocess_info(model, processor) -> dict:
-    ip = processor.image_processor
-    cfg = model.config
-    crop = ip.crop_size["height"] if getattr(ip, "crop_size", None) else ip.size["shortest_edge"]
-    orig = getattr(cfg, "instit_original", None) or {}
-    video = orig.get("video") or {}
-    if getattr(ip, "size", None) and ip.size.get("shortest_edge") not in (None, crop):
-        raise InstitError(f"image processor resizes to {ip.size} but crops to {crop}; only equal sizes are supported")
-    return {
-        "image_size": int(crop),
-        "image_mean": [float(x) for x in ip.image_mean],
-        "image_std": [float(x) for x in ip.image_std],
-        "resample": int(getattr(ip, "resample", 3)),
-        "pinpoints": [list(map(int, p)) for p in cfg.image_grid_pinpoints] if hasattr(cfg, "image_grid_pinpoints") else None,
-        "patch_size": int(cfg.vision_config.patch_size),
-        "feature_layer": int(cfg.vision_feature_layer),
-        "select_strategy": cfg.vision_feature_select_strategy,
-        # original LLaVA-NeXT packing for checkpoints converted from that layout, HF's otherwise
-        "unpad_rounding": str(orig.get("unpad_rounding", "round7")),
-        "anyres_max": int(orig["anyres_max"]) if orig.get("anyres_max") else None,
-        # Inst-IT video convention: frames without AnyRes, 2x2 pooling, at most 32 frames; the original
-        # layout's own settings (Inst-IT's eval: bilinear to ceil, no newline) when the checkpoint records them
-        "video": {"anyres": False, "pool_stride": int(video.get("pool_stride", 2)),
-                  "pool_mode": str(video.get("pool_mode", "average")), "max_frames": int(video.get("max_frames", 32)),
-                  "newline": False, "newline_position": str(video.get("newline_position", "no_token")),
-                  # get_2dPool's avg / max pooling drops an odd side's remainder; ours (and bilinear) round up
-                  "pool_ceil": not (orig and video.get("pool_mode", "average") in ("average", "max"))},
-    }
 
 
 def export_bundle(
@@ -85,7 +56,7 @@ def export_bundle(
     cfg = model.config
     arch = cfg.model_type
     llm_arch = cfg.text_config.model_type
-    pre = _preprocess_info(model, processor)
+    pre = preprocess_for(model, processor)
     tok = processor.tokenizer
     image_token = getattr(processor, "image_token", "<image>")
     image_token_id = int(cfg.image_token_id)

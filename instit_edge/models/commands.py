@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +12,7 @@ import typer
 
 from ..errors import InstitError
 from ..terminal import tree_mb
+from .families import detect
 
 PROBE_IMAGE = (640, 480)  # (w, h)
 PROBE_FRAMES = 8
@@ -76,23 +78,35 @@ def describe_hf(path: Path, cfg: dict) -> list[tuple[str, str]]:
 
     v, tx = cfg.get("vision_config", {}), cfg.get("text_config", {})
     n = int(v.get("image_size", 0)) // max(int(v.get("patch_size", 1)), 1)
-    arch = cfg.get("model_type")
+    fam = detect(cfg, str(path / "config.json"))
     pins = cfg.get("image_grid_pinpoints")
     orig = cfg.get("instit_original") or {}
+    amax = orig.get("anyres_max") if orig else fam.anyres_max(cfg)
     rows = "?"
-    if arch == "llava_next" and pins:
+    if fam.anyres and pins:
         from .original_layout import select_best_resolution, unpadded_shape
 
         S = int(v["image_size"])
         w, h = select_best_resolution(PROBE_IMAGE, [[b, a] for a, b in pins])
-        r, c = unpadded_shape(h // S * n, w // S * n, PROBE_IMAGE, "round7")
+        r, c = unpadded_shape(h // S * n, w // S * n, PROBE_IMAGE, orig.get("unpad_rounding", fam.unpad_rounding))
+        times = math.sqrt(r * c / (amax * n * n)) if amax else 0
+        if times > 1.1:  # anyres_max_N: the grid is shrunk bilinearly
+            r, c = int(r // times), int(c // times)
         rows = str(n * n + r * (c + 1))
-    elif arch == "llava":
+    elif not fam.anyres:
         rows = str(n * n + (1 if cfg.get("vision_feature_select_strategy") == "full" and "clip" in
                                   v.get("model_type", "") else 0))
+    vid = {**fam.video, **(orig.get("video") or {})}
+    side = math.ceil(n / 2) if vid["pool_mode"] == "bilinear" or not orig else n // 2
+    frames = PROBE_FRAMES * side * side + {"grid": PROBE_FRAMES * side, "frame": PROBE_FRAMES, "one_token": 1,
+                                           "no_token": 0}[vid["newline_position"]]
+    packing = "one tile"
+    if fam.anyres:
+        packing = (f"AnyRes ({fam.title}: unpad {'int()' if orig.get('unpad_rounding') == 'int' else 'round(x, 7)'}, "
+                   f"newline per row{f', anyres_max_{amax} bilinear downsizing' if amax else ''})")
     return [
         ("layout", "Hugging Face" + (f" (converted from {orig.get('source_arch')})" if orig else "")),
-        ("family", str(arch)),
+        ("family", f"{fam.name} ({fam.title})"),
         ("LLM", f"{tx.get('model_type')}: {tx.get('num_hidden_layers')} layers, hidden {tx.get('hidden_size')}, "
                 f"vocab {tx.get('vocab_size')}"),
         ("vision tower", f"{v.get('model_type')}: {v.get('num_hidden_layers')} layers, hidden {v.get('hidden_size')}, "
@@ -100,10 +114,11 @@ def describe_hf(path: Path, cfg: dict) -> list[tuple[str, str]]:
                          f"{cfg.get('vision_feature_layer')}, {cfg.get('vision_feature_select_strategy')}"),
         ("tokenizer", _tokenizer_kind(path)),
         ("template", orig.get("template") or ("chatml" if tx.get("model_type") == "qwen2" else "vicuna_v1")),
-        ("image packing", "AnyRes (HF LlavaNext: unpad round(x, 7), newline per row)" if arch == "llava_next"
-         else "one tile"),
-        ("video packing", json.dumps(orig["video"]) if orig.get("video") else "bundle default (average 2x2, no newline)"),
+        ("image packing", packing),
+        ("video packing", f"{vid['pool_mode']} {vid['pool_stride']}x{vid['pool_stride']}, newline "
+                          f"{vid['newline_position']}" + (" (from the original checkpoint)" if orig.get("video") else "")),
         ("rows: 640x480 image", rows),
+        (f"rows: {PROBE_FRAMES} frames", str(frames)),
         ("export", "GGUF + ONNX vision directly"),
     ]
 

@@ -1,4 +1,4 @@
-"""Load LLaVA / LLaVA-Next checkpoints with their processors (local path or hub name)."""
+"""Load LLaVA / LLaVA-Next / LLaVA-OneVision checkpoints with their processors (local path or hub name)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 from ..errors import InstitError
+from .families import detect
+from .parts_processor import PartsProcessor
 from .safetensors_file import check_safetensors
 
-SUPPORTED_ARCHS = ("llava", "llava_next")
 SUPPORTED_LLMS = ("llama", "qwen2")
 SUPPORTED_VISION = ("clip_vision_model", "siglip_vision_model")
 
@@ -40,9 +41,7 @@ def check_checkpoint(path: str | Path) -> dict:
         return cfg
     if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k, {}), dict) for k in ("text_config", "vision_config")):
         raise InstitError(f"{cfg_path} is not a model config (expected an object with text_config / vision_config)")
-    mt = cfg.get("model_type")
-    if mt not in SUPPORTED_ARCHS:
-        raise InstitError(f"unsupported architecture {mt!r} in {cfg_path}; supported: {', '.join(SUPPORTED_ARCHS)}")
+    detect(cfg, str(cfg_path))
     text_mt = cfg.get("text_config", {}).get("model_type", "llama")
     if text_mt not in SUPPORTED_LLMS:
         raise InstitError(f"unsupported text model {text_mt!r} in {cfg_path}; supported: {', '.join(SUPPORTED_LLMS)}")
@@ -60,17 +59,32 @@ def check_checkpoint(path: str | Path) -> dict:
     return cfg
 
 
+def _processor(path: Path):
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(path))
+    except (AttributeError, ImportError, ValueError, TypeError) as e:
+        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")) if Path(path).is_dir() else {}
+        if cfg.get("model_type") != "llava_onevision":
+            raise
+        if not (Path(path) / "preprocessor_config.json").is_file():
+            raise InstitError(f"cannot load the processor of {path} ({type(e).__name__}); it has no "
+                              "preprocessor_config.json to fall back to") from None
+        return PartsProcessor(path)
+
+
 def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
     """Return ``(model, processor)`` in eval mode."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     from .original_layout import converted_for_loading
 
     check_checkpoint(path)
     path = converted_for_loading(path)  # an original-layout checkpoint: its HF copy (temporary folder)
     try:
-        processor = AutoProcessor.from_pretrained(str(path))
+        processor = _processor(path)
         model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=getattr(torch, dtype))
     except OSError as e:
         raise InstitError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import InstitError
 
-ARCHS = ("llava", "llava-next")
+ARCHS = ("llava", "llava-next", "llava-onevision")
 LLMS = ("llama", "qwen2")
 VISIONS = ("clip", "siglip")
 
@@ -329,7 +329,29 @@ def build_tiny(out: str | Path, spec: TinySpec | None = None, force: bool = Fals
             image_std=std,
             do_center_crop=True,
         )
-        if spec.arch == "llava-next":
+        if spec.arch == "llava-onevision":
+            from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+            from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+                LlavaOnevisionImageProcessorPil,
+            )
+
+            # the real checkpoints' schema: image_token_index / video_token_index, vision_aspect_ratio
+            # "anyres_max_N" (small N here so that the bilinear downsizing runs on small images), tiles given
+            # as size height x width (no centre crop); videos use the <image> placeholder like every bundle
+            common.pop("image_token_id")
+            config = LlavaOnevisionConfig(image_grid_pinpoints=spec.pinpoints, vision_aspect_ratio="anyres_max_2",
+                                          image_token_index=image_token_id, video_token_index=image_token_id,
+                                          **common)
+            model = LlavaOnevisionForConditionalGeneration(config)
+            image_processor = LlavaOnevisionImageProcessorPil(
+                image_grid_pinpoints=spec.pinpoints, size={"height": spec.image_size, "width": spec.image_size},
+                image_mean=mean, image_std=std)
+            # LlavaOnevisionProcessor needs a video processor (torchvision); the parts load without it
+            from .parts_processor import PartsProcessor
+
+            processor = PartsProcessor.__new__(PartsProcessor)
+            processor.image_processor, processor.tokenizer = image_processor, tokenizer
+        elif spec.arch == "llava-next":
             from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
             config = LlavaNextConfig(image_grid_pinpoints=spec.pinpoints, **common)

@@ -2,8 +2,9 @@
 
 Used by parity tests and by users with a GPU. Images go through the HF
 processor and ``model(...)`` / ``model.generate(...)`` exactly as transformers
-runs them; video frames follow the Inst-IT video convention (no AnyRes,
-2x2 average pooling) in torch.
+runs them; video frames go through the family's own video path where
+transformers has one (LLaVA-OneVision), otherwise the bundle's video settings
+(the Inst-IT convention: no AnyRes, 2x2 pooling) in torch.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ class TorchSession:
 
     @classmethod
     def load(cls, checkpoint: str, device: str = "cpu", dtype: str = "float32") -> "TorchSession":
+        from ..models.families import preprocess_for
         from ..models.loading import load_model
         from ..prompting import pick_template
 
         model, processor = load_model(checkpoint, dtype=dtype, device=device)
         template = pick_template(processor, model.config.text_config.model_type)
-        video = {"pool_stride": 2, "pool_mode": "average", "max_frames": 32}
+        video = preprocess_for(model, processor)["video"]
         return cls(model, processor, template, video, device, {})
 
     # ------------------------------------------------------------------ inputs
@@ -115,26 +117,51 @@ class TorchSession:
         return ids, full, len(rows) - n_placeholder
 
     def video_rows(self, video):
+        """Frames' rows as the checkpoint's family packs them: LLaVA-OneVision through the model's own
+        ``get_video_features``; the others (transformers has no video path for them) by the bundle's video
+        settings in torch (pool mode and rounding, newline position), which for a checkpoint converted from
+        the LLaVA-NeXT layout are the original's (``get_2dPool``, ``add_token_per_*``)."""
+        import math
+
         import torch
         import torch.nn.functional as F
         from PIL import Image
 
+        from ..models.families import family_of, processor_tile_size
         from ..models.vision import vision_module
         from .anyres import Preprocess
         from .media import load_frames
 
         ip = self.processor.image_processor
-        pre = Preprocess(ip.crop_size["height"], list(ip.image_mean), list(ip.image_std), None)
+        pre = Preprocess(processor_tile_size(ip), list(ip.image_mean), list(ip.image_std), None)
         frames = load_frames(video, self.video["max_frames"])
-        crops = np.concatenate([pre.crops(Image.fromarray(f), anyres=False)[0] for f in frames])
+        crops = torch.from_numpy(np.concatenate([pre.crops(Image.fromarray(f), anyres=False)[0] for f in frames]))
+        v = self.video
         with torch.no_grad():
-            feats = vision_module(self.model)(torch.from_numpy(crops).to(self.device))
+            if family_of(self.model.config).hf_video:
+                out = self.model.get_video_features(pixel_values_videos=crops[None].to(self.device))
+                rows = out.pooler_output if hasattr(out, "pooler_output") else out
+                return rows.reshape(-1, rows.shape[-1])
+            feats = vision_module(self.model)(crops.to(self.device))
             n, t, d = feats.shape
             side = int(round(t ** 0.5))
             g = feats.reshape(n, side, side, d).permute(0, 3, 1, 2)
-            s = self.video["pool_stride"]
-            g = F.avg_pool2d(g, s, s, ceil_mode=True) if s > 1 else g
-            return g.permute(0, 2, 3, 1).reshape(-1, d)
+            s = int(v["pool_stride"])
+            if s > 1 and v["pool_mode"] == "bilinear":
+                g = F.interpolate(g, size=[math.ceil(side / s)] * 2, mode="bilinear")
+            elif s > 1:
+                pool = F.avg_pool2d if v["pool_mode"] == "average" else F.max_pool2d
+                g = pool(g, s, s, ceil_mode=bool(v.get("pool_ceil", True)))
+            g = g.permute(0, 2, 3, 1)  # [frames, rows, cols, d]
+            nl = getattr(self.model.model, "image_newline", None)
+            where = v.get("newline_position", "no_token") if nl is not None else "no_token"
+            if where == "grid":
+                g = torch.cat([g, nl.expand(g.shape[0], g.shape[1], 1, d)], 2)
+            rows = g.reshape(n, -1, d)
+            if where == "frame":
+                rows = torch.cat([rows, nl.expand(n, 1, d)], 1)
+            rows = rows.reshape(-1, d)
+            return torch.cat([rows, nl[None]], 0) if where == "one_token" else rows
 
     # ------------------------------------------------------------------ API
     def logits(self, question: str, image=None, video=None) -> np.ndarray:
