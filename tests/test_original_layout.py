@@ -169,6 +169,25 @@ def ref_preprocess(img: Image.Image, info) -> tuple[torch.Tensor, tuple[int, int
     return torch.tensor(np.stack(arr), dtype=torch.float32), img.size
 
 
+def ref_projected(orig: Path, info, pixels: torch.Tensor) -> torch.Tensor:
+    """encode_images on the original tensors: the tower's selected layer, then mm_projector ([crops, n*n, D])."""
+    from safetensors.torch import load_file
+    from transformers import CLIPVisionModel, SiglipVisionModel
+
+    sd = load_file(str(orig / "model.safetensors"))
+    pre = "model.vision_tower.vision_tower."
+    cls = CLIPVisionModel if info.tower.kind == "clip" else SiglipVisionModel
+    tower = cls(info.tower.hf_config()).eval()
+    want = set(tower.state_dict())
+    vs = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
+    tower.load_state_dict({(k if k in want else k.removeprefix("vision_model.")): v for k, v in vs.items()})
+    with torch.no_grad():
+        hs = tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+        x = hs[info.cfg["mm_vision_select_layer"]][:, 1:] if info.tower.kind == "clip" else hs[-1]
+        x = torch.nn.functional.gelu(x @ sd["model.mm_projector.0.weight"].T + sd["model.mm_projector.0.bias"])
+        return x @ sd["model.mm_projector.2.weight"].T + sd["model.mm_projector.2.bias"]
+
+
 def ref_image_features(orig: Path, info, pixels: torch.Tensor, size_wh) -> torch.Tensor:
     """encode_images + the spatial_unpad branch of prepare_inputs_labels_for_multimodal, on the original tensors."""
     from safetensors.torch import load_file
@@ -488,3 +507,52 @@ def test_runtime_unpad_rounds_like_llava_next(replicas, original_bundles):
     ref = ref_image_features(replicas["vicuna"], info, px, found)
     assert ours.shape[0] == ref.shape[0] == image_rows(info, found) != image_rows(info, found, rounding="round7")
     assert (ours - ref).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("which", ["vicuna", "qwen"])
+def test_video_through_original_bundle_matches_llava_arch(replicas, converted, tmp_path, which, rng):
+    """A 3-frame video end to end through a bundle of each original-layout replica (f32 GGUF): the runtime's
+    logits at every text position against llava_arch.py on the original tensors (encode_images, get_2dPool
+    in the checkpoint's mode, the newline per mm_newline_position, the LLM forward). Tolerance 1e-3."""
+    import math
+
+    from test_llava_next_packing import _ref_video
+
+    from instit_edge.export.bundle_writer import export_bundle
+    from instit_edge.models.original_layout import inspect_original, video_rows
+    from instit_edge.runtime.session import EdgeSession
+
+    kw = {"vision_tower": replicas["siglip_dir"]} if which == "qwen" else {}
+    info = inspect_original(replicas[which], **kw)
+    b = export_bundle(str(converted[which]), tmp_path / "b", llm_types=("f32",), vision_types=("fp32",),
+                      mmproj=False).root
+    sess = EdgeSession.load(b, llm="f32", vision="fp32", f32_kv=True, n_threads=2)
+    frames = [rng.integers(0, 256, (int(rng.integers(30, 70)), int(rng.integers(30, 70)), 3), dtype=np.uint8)
+              for _ in range(3)]
+    q = "What does [1] do between <1> and <3>?"
+    segs, meta = sess.prepare(q, video=frames)
+    ours = sess.logits(q, video=frames)
+    crops = np.concatenate([sess.pre.crops(Image.fromarray(f), anyres=False)[0] for f in frames])
+    x = ref_projected(replicas[which], info, torch.from_numpy(crops))
+    n = info.tower.image_size // info.tower.patch_size
+    g = x.view(len(frames), n, n, -1).permute(0, 3, 1, 2)
+    v = info.video
+    if v["pool_mode"] == "bilinear":  # get_2dPool
+        g = torch.nn.functional.interpolate(g, size=[math.ceil(n / 2)] * 2, mode="bilinear")
+    else:
+        g = (torch.nn.functional.avg_pool2d if v["pool_mode"] == "average" else torch.nn.functional.max_pool2d)(g, 2)
+    g = g.permute(0, 2, 3, 1).flatten(1, 2)
+    from safetensors.torch import load_file
+
+    nl = load_file(str(replicas[which] / "model.safetensors"))["model.image_newline"]
+    ref_rows = _ref_video(g, nl, v["newline_position"])
+    assert meta["image_rows"] == len(ref_rows) == video_rows(info, 3)
+    prefix, suffix = segs[0].tokens, segs[-1].tokens
+    assert len(segs) == 3 and segs[1].embd is not None
+    rl = ref_logits(replicas[which], info, ref_rows, prefix, suffix)
+    ref_text = torch.cat([rl[: len(prefix)], rl[len(prefix) + len(ref_rows):]]).numpy()
+    assert ours.shape[0] == ref_text.shape[0]  # the converted vocabulary may carry an added <image> row more
+    diff = np.abs(ours[:, : ref_text.shape[1]] - ref_text).max()
+    print(f"{which} video ({v['pool_mode']}, newline {v['newline_position']}): {len(ref_rows)} rows, "
+          f"max |logits diff| {diff:.2e}")
+    assert diff <= 1e-3

@@ -34,3 +34,43 @@ def vision_module(model):
             return self.projector(h)
 
     return VisionProjector().eval()
+
+
+def video_rows(model, crops, video: dict):
+    """A video's rows in torch, ``crops`` ``[frames, 3, S, S]``: the family's own video path where transformers
+    has one (LLaVA-OneVision's ``get_video_features``), otherwise :func:`vision_module` per frame and the
+    bundle's video settings (``video``: the ``preprocess.video`` block of :func:`~.families.preprocess_for`):
+    pooling ``average`` / ``max`` (``pool_ceil`` rounding) or ``bilinear`` to ceil, and the image newline at
+    ``newline_position`` (``no_token``, ``one_token``, ``frame``, ``grid``). The torch reference and the trainer
+    both call it; gradients flow when the caller has them enabled."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from .families import family_of
+
+    if family_of(model.config).hf_video:
+        out = model.get_video_features(pixel_values_videos=crops[None])
+        rows = out.pooler_output if hasattr(out, "pooler_output") else out
+        return rows.reshape(-1, rows.shape[-1])
+    feats = vision_module(model)(crops)
+    n, t, d = feats.shape
+    side = int(round(t ** 0.5))
+    g = feats.reshape(n, side, side, d).permute(0, 3, 1, 2)
+    s = int(video.get("pool_stride", 1))
+    if s > 1 and video.get("pool_mode", "average") == "bilinear":
+        g = F.interpolate(g, size=[math.ceil(side / s)] * 2, mode="bilinear")
+    elif s > 1:
+        pool = F.avg_pool2d if video.get("pool_mode", "average") == "average" else F.max_pool2d
+        g = pool(g, s, s, ceil_mode=bool(video.get("pool_ceil", True)))
+    g = g.permute(0, 2, 3, 1)  # [frames, rows, cols, d]
+    nl = getattr(model.model, "image_newline", None)
+    where = video.get("newline_position", "no_token") if nl is not None else "no_token"
+    if where == "grid":
+        g = torch.cat([g, nl.to(g.dtype).expand(g.shape[0], g.shape[1], 1, d)], 2)
+    rows = g.reshape(n, -1, d)
+    if where == "frame":
+        rows = torch.cat([rows, nl.to(rows.dtype).expand(n, 1, d)], 1)
+    rows = rows.reshape(-1, d)
+    return torch.cat([rows, nl.to(rows.dtype)[None]], 0) if where == "one_token" else rows

@@ -117,51 +117,21 @@ class TorchSession:
         return ids, full, len(rows) - n_placeholder
 
     def video_rows(self, video):
-        """Frames' rows as the checkpoint's family packs them: LLaVA-OneVision through the model's own
-        ``get_video_features``; the others (transformers has no video path for them) by the bundle's video
-        settings in torch (pool mode and rounding, newline position), which for a checkpoint converted from
-        the LLaVA-NeXT layout are the original's (``get_2dPool``, ``add_token_per_*``)."""
-        import math
-
+        """Frames' rows as the checkpoint's family packs them (:func:`instit_edge.models.vision.video_rows`)."""
         import torch
-        import torch.nn.functional as F
         from PIL import Image
 
-        from ..models.families import family_of, processor_tile_size
-        from ..models.vision import vision_module
+        from ..models.families import processor_tile_size
+        from ..models.vision import video_rows
         from .anyres import Preprocess
         from .media import load_frames
 
         ip = self.processor.image_processor
         pre = Preprocess(processor_tile_size(ip), list(ip.image_mean), list(ip.image_std), None)
         frames = load_frames(video, self.video["max_frames"])
-        crops = torch.from_numpy(np.concatenate([pre.crops(Image.fromarray(f), anyres=False)[0] for f in frames]))
-        v = self.video
+        crops = np.concatenate([pre.crops(Image.fromarray(f), anyres=False)[0] for f in frames])
         with torch.no_grad():
-            if family_of(self.model.config).hf_video:
-                out = self.model.get_video_features(pixel_values_videos=crops[None].to(self.device))
-                rows = out.pooler_output if hasattr(out, "pooler_output") else out
-                return rows.reshape(-1, rows.shape[-1])
-            feats = vision_module(self.model)(crops.to(self.device))
-            n, t, d = feats.shape
-            side = int(round(t ** 0.5))
-            g = feats.reshape(n, side, side, d).permute(0, 3, 1, 2)
-            s = int(v["pool_stride"])
-            if s > 1 and v["pool_mode"] == "bilinear":
-                g = F.interpolate(g, size=[math.ceil(side / s)] * 2, mode="bilinear")
-            elif s > 1:
-                pool = F.avg_pool2d if v["pool_mode"] == "average" else F.max_pool2d
-                g = pool(g, s, s, ceil_mode=bool(v.get("pool_ceil", True)))
-            g = g.permute(0, 2, 3, 1)  # [frames, rows, cols, d]
-            nl = getattr(self.model.model, "image_newline", None)
-            where = v.get("newline_position", "no_token") if nl is not None else "no_token"
-            if where == "grid":
-                g = torch.cat([g, nl.expand(g.shape[0], g.shape[1], 1, d)], 2)
-            rows = g.reshape(n, -1, d)
-            if where == "frame":
-                rows = torch.cat([rows, nl.expand(n, 1, d)], 1)
-            rows = rows.reshape(-1, d)
-            return torch.cat([rows, nl[None]], 0) if where == "one_token" else rows
+            return video_rows(self.model, torch.from_numpy(crops).to(self.device), self.video)
 
     # ------------------------------------------------------------------ API
     def logits(self, question: str, image=None, video=None) -> np.ndarray:

@@ -72,18 +72,17 @@ def encode_text(sample, tokenizer, template: str) -> Encoded:
 class MediaEncoder:
     """Image / video rows with gradients, matching the runtime's preprocessing."""
 
-    def __init__(self, model, processor, video_pool: int = 2, max_frames: int = 32):
+    def __init__(self, model, processor, max_frames: int = 32):
+        from ..models.families import family_of, preprocess_for
         from ..runtime.anyres import Preprocess
 
         self.model = model
         self.processor = processor
-        ip = processor.image_processor
-        cfg = model.config
-        self.pre = Preprocess(ip.crop_size["height"], list(ip.image_mean), list(ip.image_std),
-                              getattr(cfg, "image_grid_pinpoints", None))
-        self.video_pool = video_pool
+        pre = preprocess_for(model, processor)  # the bundle's preprocessing: training sees what export packs
+        self.pre = Preprocess(pre["image_size"], pre["image_mean"], pre["image_std"], pre["pinpoints"])
+        self.video = pre["video"]
         self.max_frames = max_frames
-        self.is_next = hasattr(cfg, "image_grid_pinpoints")
+        self.is_next = family_of(model.config).anyres
 
     def image_rows(self, image):
         import torch
@@ -103,22 +102,15 @@ class MediaEncoder:
 
     def video_rows(self, frames):
         import torch
-        import torch.nn.functional as F
         from PIL import Image
 
-        from ..models.vision import vision_module
+        from ..models.vision import video_rows
         from ..runtime.media import load_frames
 
         arrs = load_frames(frames, self.max_frames)
         crops = np.concatenate([self.pre.crops(Image.fromarray(f), anyres=False)[0] for f in arrs])
         dev = next(self.model.parameters()).device
-        feats = vision_module(self.model)(torch.from_numpy(crops).to(dev))
-        n, t, d = feats.shape
-        side = int(round(t ** 0.5))
-        g = feats.reshape(n, side, side, d).permute(0, 3, 1, 2)
-        if self.video_pool > 1:
-            g = F.avg_pool2d(g, self.video_pool, self.video_pool, ceil_mode=True)
-        return g.permute(0, 2, 3, 1).reshape(-1, d)
+        return video_rows(self.model, torch.from_numpy(crops).to(dev), self.video)
 
     def rows(self, sample):
         m = sample.media()
