@@ -191,25 +191,11 @@ def ref_projected(orig: Path, info, pixels: torch.Tensor) -> torch.Tensor:
 def ref_image_features(orig: Path, info, pixels: torch.Tensor, size_wh) -> torch.Tensor:
     """encode_images + the spatial_unpad branch of prepare_inputs_labels_for_multimodal, on the original tensors."""
     from safetensors.torch import load_file
-    from transformers import CLIPVisionModel, SiglipVisionModel
 
     from instit_edge.models.original_layout import select_best_resolution
 
     sd = load_file(str(orig / "model.safetensors"))
-    pre = "model.vision_tower.vision_tower."
-    cls = CLIPVisionModel if info.tower.kind == "clip" else SiglipVisionModel
-    tower = cls(info.tower.hf_config()).eval()
-    want = set(tower.state_dict())
-    vs = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
-    tower.load_state_dict({(k if k in want else k.removeprefix("vision_model.")): v for k, v in vs.items()})
-    with torch.no_grad():
-        hs = tower(pixel_values=pixels, output_hidden_states=True).hidden_states
-        if info.tower.kind == "clip":
-            x = hs[info.cfg["mm_vision_select_layer"]][:, 1:]
-        else:
-            x = hs[-1]  # SigLipVisionTower: last remaining layer, select_layer ignored
-        x = torch.nn.functional.gelu(x @ sd["model.mm_projector.0.weight"].T + sd["model.mm_projector.0.bias"])
-        x = x @ sd["model.mm_projector.2.weight"].T + sd["model.mm_projector.2.bias"]
+    x = ref_projected(orig, info, pixels)
     S, n = info.tower.image_size, info.tower.image_size // info.tower.patch_size
     base, tiles = x[0], x[1:]
     tw, th = select_best_resolution(size_wh, info.pinpoints)
