@@ -184,24 +184,32 @@ def test_qwen2_bundle_gets_qwen2_pre_tokenizer(real):
     assert _vocab_llama(bundle).tokenize(b"(A) 12345 apples", add_bos=False, special=False).__len__() == 9
 
 
-def test_spm_llama_bundle_matches_torch(real):
-    """F32 GGUF + F32 KV vs PyTorch: logits at every text position within 1e-3, 12 greedy tokens identical."""
+@pytest.mark.parametrize("name,media", [("spm-llama", "image"), ("spm-llama", "video"), ("spm-mistral", "image"),
+                                        ("spm-mistral", "video"), ("qwen2", "image"), ("qwen2", "video")])
+def test_real_tokenizer_bundle_matches_torch(real, name, media):
+    """F32 GGUF + F32 KV vs PyTorch, with each real tokenizer and its template, for an image and for a 3-frame
+    video in the official video prompt: logits at every text position within 1e-3, 12 greedy tokens identical."""
     from PIL import Image
 
+    from instit_edge.prompting import build_oe_prompt
     from instit_edge.runtime.session import EdgeSession
     from instit_edge.runtime.torch_ref import TorchSession
 
-    ckpt, bundle = real("spm-llama")
+    ckpt, bundle = real(name)
     edge, ref = EdgeSession.load(bundle, llm="f32", f32_kv=True), TorchSession.load(str(ckpt))
     rng = np.random.default_rng(3)
-    img = Image.fromarray(rng.integers(0, 256, (45, 77, 3), dtype=np.uint8))
-    q = "What is [1] holding? Answer with 12345 apples."
-    a, b = edge.logits(q, image=img), ref.logits(q, image=img)
+    if media == "image":
+        kw = {"image": Image.fromarray(rng.integers(0, 256, (45, 77, 3), dtype=np.uint8))}
+        q = "What is [1] holding? Answer with 12345 apples."
+    else:
+        kw = {"video": [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(3)]}
+        q = build_oe_prompt("What does [1] do between <1> and <3>?", "video")
+    a, b = edge.logits(q, **kw), ref.logits(q, **kw)
     assert a.shape == b.shape
     err = float(np.abs(a - b).max())
-    print(f"spm-llama: max |logit diff| {err:.2e} over {a.shape[0]} positions")
+    print(f"{name} {media}: max |logit diff| {err:.2e} over {a.shape[0]} positions")
     assert err <= 1e-3
-    assert edge.generated_ids(q, image=img, max_new_tokens=12) == ref.generated_ids(q, image=img, max_new_tokens=12)
+    assert edge.generated_ids(q, max_new_tokens=12, **kw) == ref.generated_ids(q, max_new_tokens=12, **kw)
 
 
 # ----------------------------------------------------------------------------- templates
