@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int)
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--new-tokens", type=int)
-    ap.add_argument("--baseline", default="eager,sdpa", help="transformers attention implementations ('' = none)")
+    ap.add_argument("--baseline", default="eager,sdpa,sdpa-bf16",
+                    help="transformers baselines: eager, sdpa, eager-bf16, sdpa-bf16 ('' = none)")
     ap.add_argument("--baseline-reps", type=int)
     ap.add_argument("--no-mtmd", action="store_true")
     ap.add_argument("--no-marker", action="store_true")

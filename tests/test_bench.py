@@ -33,11 +33,12 @@ def quick_run(tmp_path_factory):
 @pytest.mark.timeout(600)
 def test_quick_bench_writes_reports(quick_run):
     out, res, stdout = quick_run
-    for f in ("results.json", "report.md", "time_to_answer.png", "roofline.png"):
+    for f in ("results.json", "report.md", "time_to_answer.png", "roofline.png", "compute_roofline.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert (out / "time_to_answer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
-    for section in ("## Time to answer", "## Roofline", "## Vision", "## Targets", "## Where the time goes"):
+    for section in ("## Time to answer", "## Roofline", "## Compute roofline", "## Vision", "## Targets",
+                    "## Where the time goes"):
         assert section in md
     assert "## Time to answer" in stdout
     assert res["errors"] == []
@@ -50,7 +51,7 @@ def test_quick_bench_numbers_are_positive_and_finite(quick_run):
     runs = res["runs"]
     kinds = {(r["kind"], r["llm"], r["vision"]) for r in runs}
     assert ("bundle", "f16", "fp32") in kinds and ("bundle", "q4_k_m", "int8") in kinds
-    assert {r["attn"] for r in runs if r["kind"] == "transformers"} == {"eager", "sdpa"}
+    assert {r["attn"] for r in runs if r["kind"] == "transformers"} == {"eager", "sdpa", "sdpa-bf16"}
     for r in runs:
         assert len(r["reps"]) == 1
         for k in ("vision_s", "prefill_s", "decode_s", "ttft_s", "total_s", "prefill_tok_s", "decode_tok_s"):
@@ -60,8 +61,10 @@ def test_quick_bench_numbers_are_positive_and_finite(quick_run):
             assert r["reps"][0]["reused"] == 0  # cold answers
             fs = r["followup_stats"]  # follow-up questions reuse the image rows and the prompt prefix
             assert fs["reused"]["median"] > r["reps"][0]["image_rows"] and _pos(fs["total_s"]["median"])
+            ps = r["prefetched_stats"]  # a prefetched frame: only the question is prefilled after it
+            assert ps["reused"]["median"] > r["reps"][0]["image_rows"] and _pos(ps["ttft_s"]["median"])
         assert _pos(r["rss"]["peak_mb"])
-        assert _pos(r["speedup_vs_baseline"]) and _pos(r["rss_ratio_vs_baseline"])
+        assert _pos(r["speedup_vs_baseline"]) and _pos(r["rss_ratio_vs_baseline"]) and _pos(r["speedup_vs_bf16"])
     # the same prompt for both backends: the same number of prompt positions
     n_prompt = {r["stats"]["prompt_tokens"]["median"] for r in runs}
     assert len(n_prompt) == 1, n_prompt
@@ -70,6 +73,10 @@ def test_quick_bench_numbers_are_positive_and_finite(quick_run):
     for v, e in bw["variants"].items():
         assert _pos(e["weights_bytes_per_token"]) and e["weights_bytes_per_token"] < e["file_bytes"], v
         assert _pos(e["bound_tok_s"]) and _pos(e["fraction"]), v
+        assert _pos(e["prefill_gflop_s"]) and _pos(e["prefill_fraction_bf16"]), v
+    peaks = bw["compute_gflop_s"]
+    assert _pos(peaks["fp32"]) and _pos(peaks["bf16"])  # int8 may be missing in a torch build (None)
+    assert isinstance(res["auto_llm"], str) and res["auto_llm"]
     vis = res["vision"]["onnx"]
     assert _pos(vis["fp32"]["total_s"]["median"]) and _pos(vis["int8"]["total_s"]["median"])
     assert 0.5 < vis["int8"]["cosine_vs_fp32"]["mean"] <= 1.0 + 1e-6

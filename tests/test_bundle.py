@@ -206,6 +206,29 @@ def test_prefetch_then_ask_prefills_only_the_question(bundles, rng):
     s.close_prefetch()
 
 
+def test_prefetch_with_the_official_pre_prompt(bundles, rng):
+    """prefetch(image, prefix=the official OE pre-prompt): the pre-prompt's KV is computed with the frame, so the
+    official-prompt question afterwards prefills only its own words, and answers exactly as without prefetch."""
+    from instit_edge.prompting import build_oe_prompt
+    from instit_edge.runtime.session import EdgeSession
+
+    img = Image.fromarray(rng.integers(0, 255, (40, 72, 3), dtype=np.uint8))
+    q = build_oe_prompt("What is [2] holding?")
+    prefix = build_oe_prompt("")
+    ref = EdgeSession.load(bundles("llava-qwen2-siglip"), verify=False)
+    expected = ref.ask(q, image=img, max_new_tokens=6)
+    s = EdgeSession.load(bundles("llava-qwen2-siglip"), verify=False)
+    plain = s.prefetch(image=img, background=False)["cached_tokens"]
+    s.llm.reset()
+    info = s.prefetch(image=img, prefix=prefix, background=False)
+    assert info["cached_tokens"] > plain + 100  # the pre-prompt is hundreds of tokens
+    got = s.ask(q, image=img, max_new_tokens=6)
+    assert got.text == expected.text
+    assert s.last_stats["reused_tokens"] == info["cached_tokens"]
+    assert s.last_stats["prompt_tokens"] - s.last_stats["reused_tokens"] < 20
+    s.close_prefetch()
+
+
 def test_max_tiles_budget_row_counts(bundles):
     """--max-tiles N keeps AnyRes grids of at most N tiles: 0 = base image + one newline row; fewer tiles,
     fewer rows; no budget = the bundle's own packing."""

@@ -7,7 +7,7 @@ import os
 import statistics
 
 from .measure import gguf_weight_bytes, summarize
-from .spec import BASELINE_REF, TARGET_PRESET, TARGETS, BenchConfig
+from .spec import BASELINE_BF16, BASELINE_REF, TARGET_PRESET, TARGETS, BenchConfig
 
 MAX_LOAD_PER_CORE = 0.5  # load average per visible core at the start above which timings are not trusted
 MAX_SPREAD = 0.20  # (max - min) / median of a configuration's repetitions above which it is noisy
@@ -67,18 +67,36 @@ def analyse(res: dict, b, variants: list, cfg: BenchConfig) -> None:
             entry["fraction_with_kv"] = dec / entry["bound_tok_s_with_kv"] if dec else None
             entry["achieved_gb_s"] = dec * wb["bytes_per_token"] / 1e9 if dec else None
         roof[v] = entry
+    # compute roofline: prefill FLOPs per prompt token ~ 2 x the weights it multiplies, against the GEMM peaks
+    comp = res.get("compute") or {}
+    peaks = {k: (comp.get(k) or {}).get("best_gflop_s") for k in ("fp32", "bf16", "int8")}
+    for v, entry in roof.items():
+        run = next((x for x in runs if x["kind"] == "bundle" and x["llm"] == v), None)
+        pre = median_of(run, "prefill_tok_s") if run else None
+        try:
+            params = gguf_weight_bytes(b.path("llm", v)).get("params_per_token")
+        except Exception:  # noqa: BLE001 - reported above
+            params = None
+        entry["prefill_tok_s"] = pre
+        entry["prefill_gflop_s"] = pre * 2 * params / 1e9 if pre and params else None
+        for k, peak in peaks.items():
+            entry[f"prefill_fraction_{k}"] = entry["prefill_gflop_s"] / peak if peak and entry["prefill_gflop_s"] else None
     res["roofline"] = {"bandwidth_gb_s": bw_n, "bandwidth_1thread_gb_s": bw_1, "threads": cfg.threads,
-                       "variants": roof}
+                       "compute_gflop_s": peaks, "variants": roof}
 
     # ratios against the baseline
     base = next((x for x in runs if x["kind"] == "transformers" and x["attn"] == BASELINE_REF), None)
     base = base or next((x for x in runs if x["kind"] == "transformers"), None)
     res["baseline_ref"] = base["llm"] if base else None
+    base16 = next((x for x in runs if x["kind"] == "transformers" and x["attn"] == BASELINE_BF16), None)
+    res["baseline_bf16"] = base16["llm"] if base16 else None
     for run in runs:
         if base is None:
             break
         bt, rt = median_of(base, "total_s"), median_of(run, "total_s")
         run["speedup_vs_baseline"] = bt / rt if bt and rt else None
+        b16 = median_of(base16, "total_s") if base16 else None
+        run["speedup_vs_bf16"] = b16 / rt if b16 and rt else None
         run["rss_ratio_vs_baseline"] = run["rss"]["peak_mb"] / base["rss"]["peak_mb"]
         run["decode_speedup_vs_baseline"] = (median_of(run, "decode_tok_s") / median_of(base, "decode_tok_s")
                                              if median_of(base, "decode_tok_s") else None)
@@ -102,6 +120,9 @@ def analyse(res: dict, b, variants: list, cfg: BenchConfig) -> None:
                                      for k in ("ttft_s", "total_s", "prefill_s", "reused", "prompt_tokens")}
             if base and median_of(base, "total_s"):
                 run["followup_speedup_vs_baseline"] = median_of(base, "total_s") / run["followup_stats"]["total_s"]["median"]
+        if run.get("prefetched"):
+            run["prefetched_stats"] = {k: summarize([x.get(k) for x in run["prefetched"]])
+                                       for k in ("prefetch_s", "ttft_s", "total_s", "reused", "prompt_tokens")}
 
     # a noisy machine is detected, not reported: load at the start and the spread of the repetitions
     noisy = noise_reasons(res)
@@ -128,13 +149,37 @@ def analyse(res: dict, b, variants: list, cfg: BenchConfig) -> None:
                 add(f"{deploy} + {run['vision']} vision time-to-answer speedup vs transformers {base['llm']}",
                     run.get("speedup_vs_baseline"), TARGETS["speedup"], True,
                     f"{median_of(run, 'total_s'):.2f} s vs {median_of(base, 'total_s'):.2f} s")
+                if base16:
+                    add(f"{deploy} + {run['vision']} vision time-to-answer speedup vs transformers {base16['llm']}",
+                        run.get("speedup_vs_bf16"), TARGETS["speedup_bf16"], True,
+                        f"{median_of(run, 'total_s'):.2f} s vs {median_of(base16, 'total_s'):.2f} s")
                 add(f"{deploy} + {run['vision']} vision peak RSS ratio vs transformers {base['llm']}",
                     run.get("rss_ratio_vs_baseline"), TARGETS["rss_ratio"], False,
                     f"{run['rss']['peak_mb']:.0f} MB vs {base['rss']['peak_mb']:.0f} MB")
+    for run in runs:
+        if run["kind"] == "bundle" and run["llm"] == deploy and run.get("prefetched_stats"):
+            ps = run["prefetched_stats"]
+            add(f"{deploy} + {run['vision']} vision time to first token about a prefetched frame (s)",
+                ps["ttft_s"]["median"], TARGETS["prefetch_ttft_s"], False,
+                f"{ps['reused']['median']:.0f} of {ps['prompt_tokens']['median']:.0f} prompt tokens prefetched "
+                f"in {ps['prefetch_s']['median']:.2f} s")
     for v, e in roof.items():
         add(f"{v} decode fraction of the bandwidth bound", e.get("fraction"), TARGETS["roofline"], True,
             f"{e['decode_tok_s'] or 0:.1f} tok/s of {e.get('bound_tok_s', 0):.1f} bound"
             if e.get("decode_tok_s") else "")
+    try:  # the variant `--llm auto` would load on this machine
+        from ..runtime.auto import choose
+
+        auto = choose(b, "llm")[0]
+    except Exception:  # noqa: BLE001 - no auto choice: the deploy variant
+        auto = deploy
+    res["auto_llm"] = auto
+    if auto in roof:
+        e = roof[auto]
+        add(f"{auto} (auto) prefill fraction of the bf16 GEMM peak", e.get("prefill_fraction_bf16"),
+            TARGETS["prefill_compute"], True,
+            f"{e['prefill_gflop_s']:.0f} of {peaks['bf16']:.0f} GFLOP/s" if e.get("prefill_gflop_s") and peaks["bf16"]
+            else "")
     vis = (res.get("vision") or {}).get("onnx", {})
     if "fp32" in vis and "int8" in vis:
         s = vis["fp32"]["total_s"]["median"] / vis["int8"]["total_s"]["median"]

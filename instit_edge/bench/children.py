@@ -2,7 +2,7 @@
 
     python -m instit_edge.bench.children TASK ARGS.json OUT.json
 
-TASK is one of :data:`CHILDREN` (llm, torch, vision, roofline, marker, build, scene); the parent
+TASK is one of :data:`CHILDREN` (llm, torch, vision, roofline, compute, marker, build, scene); the parent
 (:mod:`instit_edge.bench.runner`) writes ARGS.json and reads OUT.json.
 """
 
@@ -67,8 +67,20 @@ def _child_llm(a: dict) -> dict:
     # follow-up questions about the same image, as EdgeSession serves them: the image embeddings come from the
     # cache and the KV prefix (system prompt, image rows, task pre-prompt) is reused; only the new tokens run
     follow = [answer(q)[0] for q in a.get("followups", [])[: a["reps"]]]
+    # the live use: the frame arrives before the question; prefetch computes its vision rows and the KV of
+    # everything before the question (not timed), then the question is asked about the same frame
+    prefetched = []
+    for _ in range(a["reps"]):
+        s._embd_cache.clear()
+        s.llm.reset()
+        t0 = time.perf_counter()
+        s.prefetch(image=arr, prefix=a.get("prefix"), background=False)
+        pre_s = time.perf_counter() - t0
+        r, _ = answer(question)
+        prefetched.append({**r, "prefetch_s": pre_s})
+    s.close_prefetch()
     return {"kind": "bundle", "llm": a["llm"], "vision": a["vision"], "load_s": load_s, "warmup_s": warm_s, "reps": reps,
-            "followup": follow, "new_tokens": n_new, "sample_text": text.decode("utf-8", "replace")[:80],
+            "followup": follow, "prefetched": prefetched, "new_tokens": n_new, "sample_text": text.decode("utf-8", "replace")[:80],
             "rss_before_load": rss0, "rss": peak_rss()}
 
 
@@ -102,8 +114,10 @@ def _warm_torch(model, ts) -> None:
     for _ in range(4):
         o = model(inputs_embeds=emb(o.logits[:, -1:].argmax(-1)), past_key_values=past, use_cache=True)
         past = o.past_key_values
-    n = ts.processor.image_processor.crop_size["height"]
-    vision_module(model)(torch.zeros(1, 3, n, n))
+    from ..models.families import processor_tile_size
+
+    n = processor_tile_size(ts.processor.image_processor)
+    vision_module(model)(torch.zeros(1, 3, n, n, dtype=model.dtype))
 
 
 def _child_torch(a: dict) -> dict:
@@ -120,10 +134,12 @@ def _child_torch(a: dict) -> dict:
     arr, question = _load_question(a)
     n_new = int(a["new_tokens"])
     results = []
-    for impl in a["impls"]:
+    for name in a["impls"]:  # "eager", "sdpa" (fp32) or "sdpa-bf16" (bf16 weights and activations)
+        impl, _, dt = name.partition("-")
+        dtype = torch.bfloat16 if dt == "bf16" else torch.float32
         t = time.perf_counter()
         proc = AutoProcessor.from_pretrained(a["checkpoint"])
-        model = AutoModelForImageTextToText.from_pretrained(a["checkpoint"], dtype=torch.float32,
+        model = AutoModelForImageTextToText.from_pretrained(a["checkpoint"], dtype=dtype,
                                                             attn_implementation=impl).eval()
         ts = TorchSession(model, proc, FAMILY_TEMPLATES[model.config.text_config.model_type],
                           {"pool_stride": 2, "pool_mode": "average", "max_frames": 32}, "cpu", {})
@@ -152,7 +168,8 @@ def _child_torch(a: dict) -> dict:
                 reps.append({"vision_s": t1 - t0, "prefill_s": t2 - t1, "decode_s": t3 - t2, "ttft_s": t2 - t0,
                              "total_s": t3 - t0, "prompt_tokens": n_prompt, "prefill_tok_s": n_prompt / (t2 - t1),
                              "decode_tok_s": (n_new - 1) / (t3 - t2)})
-        results.append({"kind": "transformers", "llm": f"fp32-{impl}", "vision": "fp32 (torch)", "attn": impl,
+        prec = "bf16" if dtype == torch.bfloat16 else "fp32"
+        results.append({"kind": "transformers", "llm": f"{prec}-{impl}", "vision": f"{prec} (torch)", "attn": name,
                         "load_s": load_s, "warmup_s": warm_s, "reps": reps, "new_tokens": n_new,
                         "params": int(sum(p.numel() for p in model.parameters()))})
         del ts, model, past, o
@@ -240,6 +257,49 @@ def _mtmd_timing(b, arr, a, n_total) -> dict:
         mv.close()
     return {"total_s": summarize(times), "rows": rows, "llm_file_for_ctx": small,
             "note": "libmtmd: LLaVA-Next tiles without unpadding or image_newline, so its row count differs"}
+
+
+def _child_compute(a: dict) -> dict:
+    """Compute peaks (GFLOP/s) of this machine at ``threads``: torch GEMMs of the LLM's prefill shape
+    (``m`` prompt tokens x ``k`` hidden -> ``n``) in fp32 and bf16 (AMX / AVX512-BF16 where the CPU has them),
+    and int8 x int8 -> int32 (``torch._int_mm``, VNNI / AMX-INT8) where this torch build has it; best of reps."""
+    import torch
+
+    torch.set_num_threads(int(a["threads"]))
+    m, k, n = int(a["m"]), int(a["k"]), int(a["n"])
+    reps = int(a.get("reps", 5))
+    flops = 2 * m * k * n
+    out = {"shape": [m, k, n], "threads": int(a["threads"]), "method": "torch GEMM, best of reps (GFLOP/s)"}
+    g = torch.Generator().manual_seed(0)
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("int8", torch.int8)):
+        if dtype is torch.int8:
+            if not hasattr(torch, "_int_mm"):
+                out[name] = None
+                continue
+            x = torch.randint(-64, 64, (m, k), generator=g, dtype=torch.int8)
+            w = torch.randint(-64, 64, (k, n), generator=g, dtype=torch.int8)
+
+            def mm(x=x, w=w):
+                return torch._int_mm(x, w)
+        else:
+            x = torch.randn(m, k, generator=g).to(dtype)
+            w = torch.randn(k, n, generator=g).to(dtype)
+
+            def mm(x=x, w=w):
+                return x @ w
+        try:
+            mm()
+            mm()
+        except RuntimeError as e:  # e.g. no int8 GEMM kernel for this CPU / shape
+            out[name] = {"error": str(e).splitlines()[0]}
+            continue
+        vals = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            mm()
+            vals.append(flops / (time.perf_counter() - t0) / 1e9)
+        out[name] = {"best_gflop_s": max(vals), **summarize(vals)}
+    return out
 
 
 def _child_roofline(a: dict) -> dict:
@@ -378,6 +438,7 @@ def _child_scene(a: dict) -> dict:
 
 
 CHILDREN = {"llm": _child_llm, "torch": _child_torch, "vision": _child_vision, "roofline": _child_roofline,
+            "compute": _child_compute,
             "marker": _child_marker, "build": _child_build, "scene": _child_scene}
 
 

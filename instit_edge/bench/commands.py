@@ -27,10 +27,13 @@ def register(app: typer.Typer, console, out) -> None:
         vision: str = typer.Option("fp32,int8", "--vision", help="Vision variants (the first pairs with every LLM)."),
         threads: int = typer.Option(2, "--threads", help="CPU threads for every backend."),
         reps: int = typer.Option(3, "--reps", help="Measured repetitions per configuration."),
+        rounds: int = typer.Option(2, "--rounds", help="Split each configuration's repetitions over this many "
+                                                       "rounds, in alternating order (A B, then B A)."),
         warmup: int = typer.Option(1, "--warmup", help="Warm-up runs per configuration (not measured)."),
         new_tokens: int = typer.Option(64, "--new-tokens", help="Tokens generated per answer (EOS ignored)."),
-        baseline: str = typer.Option("eager,sdpa", "--baseline",
-                                     help="transformers fp32 attention implementations ('' = no baseline)."),
+        baseline: str = typer.Option("eager,sdpa,sdpa-bf16", "--baseline",
+                                     help="transformers baselines: eager, sdpa (fp32), eager-bf16, sdpa-bf16 "
+                                          "('' = no baseline)."),
         baseline_reps: int = typer.Option(0, "--baseline-reps", help="Repetitions for the baseline (0 = --reps)."),
         image: Path = typer.Option(None, "--image", help="Image to ask about (default: a synthetic scene)."),  # noqa: B008
         question: str = typer.Option(None, "--question", "-q", help="Question (default: the scene's OE prompt)."),
@@ -39,13 +42,14 @@ def register(app: typer.Typer, console, out) -> None:
         marker: bool = typer.Option(True, "--marker/--no-marker", help="Time the marker (if installed)."),
         quick: bool = typer.Option(False, "--quick", help="Reduced run: one repetition, no warm-up, 16 tokens."),
     ):
-        """Benchmark a bundle against transformers fp32, llama.cpp's vision path and the memory roofline."""
+        """Benchmark a bundle against transformers fp32 and bf16, llama.cpp's vision path and the memory and
+        compute rooflines."""
         from .runner import BenchConfig, run_benchmark
 
         if image is not None and not image.exists():
             raise InstitError(f"image not found: {image}")
         cfg = BenchConfig(target=target, out=out_dir, variants=split_csv(variants), vision=split_csv(vision),
-                          threads=threads, reps=1 if quick else reps, warmup=0 if quick else warmup,
+                          threads=threads, reps=1 if quick else reps, rounds=rounds, warmup=0 if quick else warmup,
                           new_tokens=16 if quick else new_tokens, baseline=split_csv(baseline),
                           baseline_reps=baseline_reps or None, baseline_shared_process=quick,
                           image=str(image) if image else None, question=question, image_size=_size(image_size),

@@ -70,19 +70,21 @@ def gguf_weight_bytes(path: str | Path) -> dict:
 
     r = gguf.GGUFReader(str(path))
     by_type: dict[str, int] = {}
-    total = embd = 0
+    total = embd = params = embd_params = 0
     has_output = False
     for t in r.tensors:
         nb = int(t.n_bytes)
         if t.name == "token_embd.weight":
-            embd = nb
+            embd, embd_params = nb, int(t.n_elements)
             continue
         if t.name == "output.weight":
             has_output = True
         total += nb
+        params += int(t.n_elements)
         by_type[t.tensor_type.name] = by_type.get(t.tensor_type.name, 0) + nb
     if not has_output:
         total += embd
+        params += embd_params
     meta = {}
     for k, f in r.fields.items():
         for key in ("block_count", "attention.head_count_kv", "attention.head_count", "embedding_length"):
@@ -94,6 +96,7 @@ def gguf_weight_bytes(path: str | Path) -> dict:
     n_layer, n_head_kv = meta.get("block_count"), meta.get("attention.head_count_kv")
     head_dim = (meta["embedding_length"] // meta["attention.head_count"]
                 if meta.get("embedding_length") and meta.get("attention.head_count") else None)
-    return {"bytes_per_token": total, "token_embd_bytes": embd, "file_bytes": Path(path).stat().st_size,
+    # a prompt token costs ~2 FLOPs per weight it multiplies (attention's n_ctx-dependent part not counted)
+    return {"bytes_per_token": total, "params_per_token": params, "token_embd_bytes": embd, "file_bytes": Path(path).stat().st_size,
             "by_type": by_type, "tied_output": not has_output, "n_layer": n_layer, "n_head_kv": n_head_kv,
             "head_dim": head_dim}

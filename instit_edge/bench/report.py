@@ -1,5 +1,5 @@
-"""The benchmark's outputs: ``report.md`` (Markdown tables), ``time_to_answer.png``, ``roofline.png`` and
-``results.json``."""
+"""The benchmark's outputs: ``report.md`` (Markdown tables), ``time_to_answer.png``, ``roofline.png``,
+``compute_roofline.png`` and ``results.json``."""
 
 from __future__ import annotations
 
@@ -82,6 +82,16 @@ def render_markdown(res: dict) -> str:
             sp = r.get("followup_speedup_vs_baseline")
             L.append(f"| {r['llm']} | {r['vision']} | {fs['reused']['median']:.0f} / {fs['prompt_tokens']['median']:.0f} | "
                      f"{_fmt(fs['ttft_s'])} | {_fmt(fs['total_s'])} | {f'{sp:.1f}x' if sp else '-'} |")
+    pf = [r for r in res.get("runs", []) if r.get("prefetched_stats")]
+    if pf:
+        L.append("\nQuestion about a prefetched frame (`EdgeSession.prefetch`: vision rows and the KV of everything "
+                 "before the question computed when the frame arrived, not timed in the TTFT):\n")
+        L.append("| LLM | vision | prefetch s | prefetched / prompt tokens | TTFT s | total s |")
+        L.append("|---|---|---|---|---|---|")
+        for r in pf:
+            ps = r["prefetched_stats"]
+            L.append(f"| {r['llm']} | {r['vision']} | {_fmt(ps['prefetch_s'])} | {ps['reused']['median']:.0f} / "
+                     f"{ps['prompt_tokens']['median']:.0f} | {_fmt(ps['ttft_s'])} | {_fmt(ps['total_s'])} |")
 
     roof = res.get("roofline", {})
     L.append("\n## Roofline (decode is bound by the weight bytes read per token)\n")
@@ -101,6 +111,21 @@ def render_markdown(res: dict) -> str:
                  f"{e['decode_tok_s'] or 0:.1f} | {f'{fr:.0%}' if fr else '-'} | {e.get('achieved_gb_s') or 0:.1f} |")
     L.append("\nWeights read per token: every GGUF tensor except `token_embd` (a row lookup), `output.weight` "
              "included. KV: F16 K and V at the mean context length of the generation (not in the bound).")
+    comp = res.get("compute") or {}
+    peaks = roof.get("compute_gflop_s") or {}
+    if comp:
+        L.append("\n## Compute roofline (prefill is bound by the GEMM peak)\n")
+        L.append(f"Measured GEMM peaks ({comp.get('method')}, shape {comp.get('shape')}, {comp.get('threads')} "
+                 "thread(s)): " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items() if v) + " GFLOP/s.\n")
+        L.append("| LLM | prefill tok/s | prefill GFLOP/s | of fp32 peak | of bf16 peak | of int8 peak |")
+        L.append("|---|---|---|---|---|---|")
+        for v, e in roof.get("variants", {}).items():
+            cells = [f"{e[f'prefill_fraction_{k}']:.0%}" if e.get(f"prefill_fraction_{k}") else "-"
+                     for k in ("fp32", "bf16", "int8")]
+            L.append(f"| {v}{' (auto)' if v == res.get('auto_llm') else ''} | {e.get('prefill_tok_s') or 0:.0f} | "
+                     f"{e.get('prefill_gflop_s') or 0:.0f} | " + " | ".join(cells) + " |")
+        L.append("\nPrefill FLOPs per prompt token: 2 x the weights it multiplies (`output.weight` included, the "
+                 "attention's context-dependent part not counted, so the fractions are slight underestimates).")
 
     vis = res.get("vision") or {}
     if vis:
@@ -219,6 +244,23 @@ def render_plots(res: dict, out: Path) -> list[str]:
         fig.savefig(out / "roofline.png", dpi=110)
         plt.close(fig)
         files.append("roofline.png")
+    peaks = res.get("roofline", {}).get("compute_gflop_s") or {}
+    if roof and any(peaks.values()):
+        names = list(roof)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar(np.arange(len(names)), [roof[n].get("prefill_gflop_s") or 0 for n in names], 0.5,
+               label="measured prefill", color="#7570b3")
+        for (k, peak), c in zip(peaks.items(), ("#999999", "#d95f02", "#1b9e77")):
+            if peak:
+                ax.axhline(peak, ls="--", c=c, lw=1, label=f"{k} GEMM peak {peak:.0f}")
+        ax.set_xticks(np.arange(len(names)), names)
+        ax.set_ylabel("GFLOP/s")
+        ax.set_title(f"prefill vs compute roofline ({res['roofline'].get('threads')} threads)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "compute_roofline.png", dpi=110)
+        plt.close(fig)
+        files.append("compute_roofline.png")
     return files
 
 

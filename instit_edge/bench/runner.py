@@ -57,6 +57,21 @@ class _Runner:
         return json.loads(op.read_text())
 
 
+def _merge_round(prev: dict | None, run: dict, k: int) -> dict:
+    """Pool one configuration's results over the rounds: repetitions and follow-ups appended, peak RSS the
+    highest, load and warm-up times from the first round."""
+    run["rounds"] = [k + 1]
+    if prev is None:
+        return run
+    prev["reps"] += run.get("reps", [])
+    prev["followup"] = prev.get("followup", []) + run.get("followup", [])
+    prev["prefetched"] = prev.get("prefetched", []) + run.get("prefetched", [])
+    prev["rounds"] += [k + 1]
+    if run.get("rss", {}).get("peak_mb", 0) > prev.get("rss", {}).get("peak_mb", 0):
+        prev["rss"] = run["rss"]
+    return prev
+
+
 def _is_preset(target: str) -> bool:
     from ..models.tiny import PRESETS
 
@@ -126,38 +141,52 @@ def run_benchmark(cfg: BenchConfig, log=None) -> dict:
     if not scene.get("followups"):
         scene["followups"] = [f"{scene['question']} Answer in one sentence.", f"{scene['question']} Be brief."]
     res["input"] = scene
-    common = {"bundle": str(bundle_dir), "image": scene["image"], "question": scene["question"],
+    q, short = scene["question"], scene.get("short_question") or ""
+    # the part of the prompt known before the question (the official task pre-prompt): prefetched with the frame
+    scene["prefix"] = q[: len(q) - len(short)] if short and q.endswith(short) and q != short else None
+    common = {"prefix": scene["prefix"], "bundle": str(bundle_dir), "image": scene["image"], "question": scene["question"],
               "followups": scene["followups"], "threads": cfg.threads, "reps": cfg.reps, "warmup": cfg.warmup, "new_tokens": cfg.new_tokens}
 
     # ---- roofline bandwidth (first: the machine is as quiet as it will be)
     res["bandwidth"] = r.run("roofline", {"mb": cfg.roofline_mb, "threads": cfg.threads, "reps": 5}, "bandwidth")
+    # ---- compute peaks at the LLM's prefill shape (1,024 tokens x hidden -> 4 x hidden)
+    hid = int(b.architecture.get("text_hidden") or 896)
+    res["compute"] = r.run("compute", {"m": 1024, "k": hid, "n": 4 * hid, "threads": cfg.threads, "reps": 5},
+                           "compute")
 
     # ---- vision: ONNX variants vs libmtmd
     res["vision"] = r.run("vision", {**common, "vision": visions, "mtmd": cfg.mtmd}, "vision")
 
-    # ---- the bundle runtime per LLM variant (first vision variant), + the deploy pairs (q4_k_m with the others)
-    runs = []
+    # ---- the bundle runtime per LLM variant (first vision variant), + the deploy pairs (q4_k_m with the others),
+    # and the transformers baselines, in rounds: A B C, then C B A, ... (a drifting machine affects every side)
     pairs = [(v, visions[0]) for v in variants]
     deploy = "q4_k_m" if "q4_k_m" in variants else variants[-1]
     pairs += [(deploy, vv) for vv in visions[1:]]
-    for llm, vis in pairs:
-        x = r.run("llm", {**common, "llm": llm, "vision": vis}, f"llm-{llm}-{vis}")
-        if x is not None:
-            runs.append(x)
-
-    # ---- the transformers baseline
     base_reps = cfg.baseline_reps or cfg.reps
+    configs = [("llm", {**common, "llm": llm, "vision": vis}, f"llm-{llm}-{vis}", cfg.reps) for llm, vis in pairs]
     if cfg.baseline and checkpoint and Path(checkpoint).exists():
         groups = [cfg.baseline] if cfg.baseline_shared_process else [[i] for i in cfg.baseline]
-        for g in groups:
-            x = r.run("torch", {**common, "reps": base_reps, "checkpoint": checkpoint, "impls": g},
-                      "transformers-" + "+".join(g))
-            if x is not None:
-                runs.extend(x["results"])
+        configs += [("torch", {**common, "checkpoint": checkpoint, "impls": g}, "transformers-" + "+".join(g),
+                     base_reps) for g in groups]
         if cfg.baseline_shared_process and len(cfg.baseline) > 1:
-            notes.append("transformers eager and sdpa ran in one process (quick mode): their peak RSS is shared")
+            notes.append("the transformers baselines ran in one process (quick mode): their peak RSS is shared")
     elif cfg.baseline:
         notes.append(f"no transformers baseline: source checkpoint {checkpoint!r} not found")
+    rounds = max(1, min(cfg.rounds, max(n for *_, n in configs)))
+    merged: dict[str, dict] = {}
+    for k in range(rounds):
+        for task, args, label, n in (configs if k % 2 == 0 else configs[::-1]):
+            share = n // rounds + (1 if k < n % rounds else 0)  # this round's repetitions of the configuration
+            if share == 0:
+                continue
+            x = r.run(task, {**args, "reps": share}, label + (f"-round{k + 1}" if rounds > 1 else ""))
+            for run in (x["results"] if task == "torch" else [x]) if x is not None else []:
+                key = f"{run['kind']}:{run['llm']}:{run['vision']}:{run.get('attn')}"
+                merged[key] = _merge_round(merged.get(key), run, k)
+    runs = list(merged.values())
+    if rounds > 1:
+        notes.append(f"every configuration ran in {rounds} rounds in alternating order (A B, then B A); "
+                     "its repetitions are pooled")
     res["runs"] = runs
 
     # ---- marker

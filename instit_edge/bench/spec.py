@@ -9,6 +9,9 @@ from ..errors import InstitError
 
 TARGETS = {
     "speedup": 3.0,         # q4_k_m time-to-answer >= 3x faster than transformers fp32
+    "speedup_bf16": 1.5,    # ... and >= 1.5x faster than transformers bf16 (its best config on an AMX / BF16 CPU)
+    "prefill_compute": 0.60,  # prefill >= 60% of the measured bf16 GEMM peak
+    "prefetch_ttft_s": 0.3,   # time to first token of a question about a prefetched frame <= 0.3 s
     "rss_ratio": 0.5,       # q4_k_m peak RSS <= 0.5x transformers fp32
     "roofline": 0.60,       # decode >= 60% of the memory-bandwidth bound
     "vision_speedup": 1.5,  # int8 vision >= 1.5x faster than fp32
@@ -16,6 +19,8 @@ TARGETS = {
 }
 TARGET_PRESET = "edge"
 BASELINE_REF = "sdpa"  # the transformers attention implementation the ratios are taken against
+BASELINE_BF16 = "sdpa-bf16"  # the second baseline of the targets
+BASELINES = ("eager", "sdpa", "eager-bf16", "sdpa-bf16")
 
 
 @dataclass
@@ -26,9 +31,11 @@ class BenchConfig:
     vision: list = field(default_factory=lambda: ["fp32", "int8"])
     threads: int = 2
     reps: int = 3
+    rounds: int = 2                               # each configuration's reps split over rounds in A B / B A order
     warmup: int = 1
     new_tokens: int = 64
-    baseline: list = field(default_factory=lambda: ["eager", "sdpa"])  # transformers attn implementations
+    # transformers baselines: attention implementation, "-bf16" for bf16 weights and activations
+    baseline: list = field(default_factory=lambda: ["eager", "sdpa", "sdpa-bf16"])
     baseline_reps: int | None = None              # default: reps
     baseline_shared_process: bool = False         # eager and sdpa in one subprocess (quick mode: saves an import)
     mtmd: bool = True
@@ -43,11 +50,12 @@ class BenchConfig:
 
     def __post_init__(self):
         self.out = Path(self.out)
-        if self.threads < 1 or self.reps < 1 or self.warmup < 0 or self.new_tokens < 2:
-            raise InstitError("bench needs --threads >= 1, --reps >= 1, --warmup >= 0 and --new-tokens >= 2")
-        bad = [b for b in self.baseline if b not in ("eager", "sdpa")]
+        if self.threads < 1 or self.reps < 1 or self.rounds < 1 or self.warmup < 0 or self.new_tokens < 2:
+            raise InstitError("bench needs --threads >= 1, --reps >= 1, --rounds >= 1, --warmup >= 0 and "
+                              "--new-tokens >= 2")
+        bad = [b for b in self.baseline if b not in BASELINES]
         if bad:
-            raise InstitError(f"unknown baseline attention implementation(s) {bad}; use eager, sdpa")
+            raise InstitError(f"unknown baseline(s) {bad}; use {', '.join(BASELINES)}")
         if not self.variants:
             raise InstitError("give at least one LLM variant (--variants)")
         if not self.vision:

@@ -303,9 +303,14 @@ class EdgeSession:
         self.last_stats = stats.as_dict()
 
     # ------------------------------------------------------------------ prefetch
-    def prefetch(self, image=None, video=None, *, background: bool = True):
+    def prefetch(self, image=None, video=None, *, prefix: str | None = None, background: bool = True):
         """Compute the vision rows and the KV of everything before the question (system prompt + image rows)
         now, so a later ``ask`` / ``stream`` about the same media prefills only the question.
+
+        ``prefix``: the start of the question text when it is known before the question (the official
+        task pre-prompt, for example); its KV is computed too. Bundles trained on the official open-ended
+        prompt (``question_format = "official_oe"``) prefetch that pre-prompt by default. A later question
+        that does not start with it simply recomputes from where the texts differ.
 
         With ``background`` (default) the work runs on a helper thread and a ``Future`` is returned; a newer
         ``prefetch`` supersedes an older one that has not reached the LLM yet (its Future resolves to
@@ -316,15 +321,17 @@ class EdgeSession:
             raise InstitError("prefetch: give an image or a video")
         self._prefetch_gen += 1
         gen = self._prefetch_gen
+        if prefix is None and self.prompt_cfg.get("question_format", "raw") == "official_oe":
+            prefix = self.wrap_question("", video=video is not None)  # the official OE pre-prompt
         if not background:
-            return self._prefetch(image, video, gen)
+            return self._prefetch(image, video, gen, prefix or "")
         if self._prefetch_pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._prefetch_pool = ThreadPoolExecutor(1, thread_name_prefix="instit-prefetch")
-        return self._prefetch_pool.submit(self._prefetch, image, video, gen)
+        return self._prefetch_pool.submit(self._prefetch, image, video, gen, prefix or "")
 
-    def _prefetch(self, image, video, gen: int) -> dict:
+    def _prefetch(self, image, video, gen: int, prefix: str = "") -> dict:
         if gen != self._prefetch_gen:
             return {"cancelled": True}
         t0 = time.perf_counter()
@@ -337,6 +344,11 @@ class EdgeSession:
             if gen != self._prefetch_gen:  # a newer frame arrived while the vision ran
                 return {"cancelled": True, "vision_ms": vision_ms}
             head = self.segments("?", rows, key)[:2]  # template text before the image, and the image rows
+            if prefix:  # the template's text after the image, then the known start of the question
+                p = self.prompt_cfg
+                after = build_user_prompt_parts(prefix, p["template"], "image", p["image_token"])[0][0]
+                after = after.split(p["image_token"], 1)[1]
+                head.append(Segment(tokens=self.llm.tokenize_parts([(after, True), (prefix, False)], add_bos=False)))
             self.llm.prefill(head)
         return {"cancelled": False, "vision_ms": vision_ms, "rows": len(rows),
                 "cached_tokens": sum(len(s) for s in head)}
