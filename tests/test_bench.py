@@ -37,8 +37,8 @@ def test_quick_bench_writes_reports(quick_run):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert (out / "time_to_answer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
-    for section in ("## Time to answer", "## Roofline", "## Compute roofline", "## Vision", "## Targets",
-                    "## Where the time goes"):
+    for section in ("## Time to answer", "## Image token budget", "## Roofline", "## Compute roofline", "## Vision",
+                    "## Targets", "## Where the time goes"):
         assert section in md
     assert "## Time to answer" in stdout
     assert res["errors"] == []
@@ -77,6 +77,10 @@ def test_quick_bench_numbers_are_positive_and_finite(quick_run):
     peaks = bw["compute_gflop_s"]
     assert _pos(peaks["fp32"]) and _pos(peaks["bf16"])  # int8 may be missing in a torch build (None)
     assert isinstance(res["auto_llm"], str) and res["auto_llm"]
+    bud = res["budget"]["budgets"]  # the token budget: fewer tiles, fewer rows; the full run agrees with itself
+    assert bud[0]["max_tiles"] is None and bud[0]["kld_vs_full"] < 1e-6 and bud[0]["top1_agreement"] == 1.0
+    rows = [e["image_rows"] for e in bud]
+    assert rows[1] == min(rows) and all(_pos(e["prefill_s"]) and e["kld_vs_full"] >= 0 for e in bud)
     vis = res["vision"]["onnx"]
     assert _pos(vis["fp32"]["total_s"]["median"]) and _pos(vis["int8"]["total_s"]["median"])
     assert 0.5 < vis["int8"]["cosine_vs_fp32"]["mean"] <= 1.0 + 1e-6

@@ -2,7 +2,7 @@
 
     python -m instit_edge.bench.children TASK ARGS.json OUT.json
 
-TASK is one of :data:`CHILDREN` (llm, torch, vision, roofline, compute, marker, build, scene); the parent
+TASK is one of :data:`CHILDREN` (llm, torch, vision, roofline, compute, budget, marker, build, scene); the parent
 (:mod:`instit_edge.bench.runner`) writes ARGS.json and reads OUT.json.
 """
 
@@ -419,6 +419,43 @@ def _child_build(a: dict) -> dict:
             "cached": not done}
 
 
+def _child_budget(a: dict) -> dict:
+    """The image token budget (``--max-tiles N``) on one bundle configuration: image rows, time to first token
+    (cold), and how far the first answer token's distribution moves from the full-token run (KL divergence
+    and top-1 agreement over the scene's questions). Until the default model reads the marks, this stands in
+    for the accuracy cost."""
+    from ..runtime.session import EdgeSession
+
+    arr, question = _load_question(a)
+    s = EdgeSession.load(a["bundle"], llm=a["llm"], vision=a["vision"], n_threads=a["threads"], verify=False)
+    questions = [question, *a.get("followups", [])][: int(a.get("n_questions", 3))]
+
+    def probs(q):
+        segs, info = s.prepare(q, image=arr)
+        s.llm.reset()
+        t0 = time.perf_counter()
+        logits, _ = s.llm.prefill(segs)
+        dt = time.perf_counter() - t0
+        z = np.asarray(logits, np.float64)
+        p = np.exp(z - z.max())
+        return p / p.sum(), info["image_rows"], dt
+
+    out = {"llm": a["llm"], "vision": a["vision"], "questions": len(questions), "budgets": []}
+    full = None
+    for budget in [None, *a["budgets"]]:
+        s.set_max_tiles(budget)
+        s._embd_cache.clear()
+        res = [probs(q) for q in questions]
+        if full is None:
+            full = [r[0] for r in res]
+        kld = [float(np.sum(f * (np.log(f + 1e-12) - np.log(r[0] + 1e-12)))) for f, r in zip(full, res)]
+        top1 = [float(np.argmax(f) == np.argmax(r[0])) for f, r in zip(full, res)]
+        out["budgets"].append({"max_tiles": budget, "image_rows": res[0][1],
+                               "prefill_s": float(np.median([r[2] for r in res])),
+                               "kld_vs_full": float(np.mean(kld)), "top1_agreement": float(np.mean(top1))})
+    return out
+
+
 def _child_scene(a: dict) -> dict:
     """A marked synthetic scene at WxH and its first open-ended image question (official OE prompt)."""
     from ..data.bench import load_bench
@@ -438,7 +475,7 @@ def _child_scene(a: dict) -> dict:
 
 
 CHILDREN = {"llm": _child_llm, "torch": _child_torch, "vision": _child_vision, "roofline": _child_roofline,
-            "compute": _child_compute,
+            "compute": _child_compute, "budget": _child_budget,
             "marker": _child_marker, "build": _child_build, "scene": _child_scene}
 
 

@@ -93,6 +93,17 @@ def render_markdown(res: dict) -> str:
             L.append(f"| {r['llm']} | {r['vision']} | {_fmt(ps['prefetch_s'])} | {ps['reused']['median']:.0f} / "
                      f"{ps['prompt_tokens']['median']:.0f} | {_fmt(ps['ttft_s'])} | {_fmt(ps['total_s'])} |")
 
+    bud = res.get("budget") or {}
+    if bud.get("budgets"):
+        L.append(f"\n## Image token budget (`--max-tiles N`, {bud['llm']} + {bud['vision']} vision)\n")
+        L.append(f"First answer token against the full-token run, over {bud['questions']} question(s) about the "
+                 "scene (KL divergence of the distributions, share of identical top-1 tokens); prefill is cold.\n")
+        L.append("| max tiles | image rows | prefill s | KLD vs full | top-1 agreement |")
+        L.append("|---|---|---|---|---|")
+        for e in bud["budgets"]:
+            L.append(f"| {'all' if e['max_tiles'] is None else e['max_tiles']} | {e['image_rows']} | "
+                     f"{e['prefill_s']:.2f} | {e['kld_vs_full']:.4f} | {e['top1_agreement']:.0%} |")
+
     roof = res.get("roofline", {})
     L.append("\n## Roofline (decode is bound by the weight bytes read per token)\n")
     bw = res.get("bandwidth") or {}

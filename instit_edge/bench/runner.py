@@ -189,6 +189,10 @@ def run_benchmark(cfg: BenchConfig, log=None) -> dict:
                      "its repetitions are pooled")
     res["runs"] = runs
 
+    # ---- the image token budget on the deploy configuration (AnyRes bundles only)
+    if b.preprocess.get("pinpoints") and cfg.budgets:
+        res["budget"] = r.run("budget", {**common, "llm": deploy, "vision": visions[-1], "budgets": cfg.budgets,
+                                         "n_questions": 1 if cfg.quick else 3}, "budget")
     # ---- marker
     if cfg.marker:
         res["marker"] = r.run("marker", {"size": list(cfg.image_size), "frames": cfg.marker_frames,

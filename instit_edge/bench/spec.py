@@ -38,6 +38,7 @@ class BenchConfig:
     baseline: list = field(default_factory=lambda: ["eager", "sdpa", "sdpa-bf16"])
     baseline_reps: int | None = None              # default: reps
     baseline_shared_process: bool = False         # eager and sdpa in one subprocess (quick mode: saves an import)
+    budgets: list = field(default_factory=lambda: [0, 1, 2, 4])  # --max-tiles values of the token-budget table
     mtmd: bool = True
     marker: bool = True
     marker_frames: int = 120
