@@ -190,7 +190,7 @@ def register(app: typer.Typer, console, out) -> None:
         preset: str = typer.Option("tiny", "--preset",
                                    help="tiny (test model) | edge (Qwen2-0.5B-sized LLM + ViT-B/16-224 SigLIP, "
                                         "benchmarks)"),
-        arch: Optional[str] = typer.Option(None, help="llava | llava-next (default: the preset's)"),
+        arch: Optional[str] = typer.Option(None, help="llava | llava-next | llava-onevision (default: the preset's)"),
         llm: Optional[str] = typer.Option(None, help="llama | qwen2 (default: the preset's)"),
         vision: Optional[str] = typer.Option(None, help="clip | siglip (default: the preset's)"),
         seed: int = typer.Option(0, help="Weight seed."),
