@@ -1,8 +1,9 @@
 """Write the text LLM of a LLaVA checkpoint as a llama.cpp GGUF.
 
-Llama / Vicuna become arch ``llama`` (q / k rows permuted into the rotary
-layout llama.cpp's converter uses); Qwen2 becomes arch ``qwen2`` (with q/k/v
-biases, NEOX rotary, no permutation). The tokenizer, special tokens and chat
+The LLM kind's entry in ``models.families.TEXT_FAMILIES`` says how: Llama /
+Vicuna become arch ``llama`` (q / k rows permuted into the rotary layout
+llama.cpp's converter uses); Qwen2 becomes arch ``qwen2`` (with q/k/v biases,
+NEOX rotary, no permutation). Tensor names come from gguf-py's ``TensorNameMap``. The tokenizer, special tokens and chat
 template are embedded so llama.cpp tokenizes exactly like Hugging Face.
 """
 
@@ -13,23 +14,27 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InstitError
-from ..models.loading import SUPPORTED_LLMS
+from ..models.families import text_family
 
-# HF parameter suffix -> GGUF tensor name (per block)
-_BLOCK_MAP = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.bias": "attn_v.bias",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+
+def gguf_tensor_names(gguf_arch: str, n_blocks: int):
+    """HF parameter name -> GGUF tensor name, by gguf-py's ``TensorNameMap`` for ``gguf_arch`` (the registry
+    llama.cpp's own converter uses); a parameter it does not know is a one-line error."""
+    import gguf
+
+    arch = next((a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == gguf_arch), None)
+    if arch is None:
+        raise InstitError(f"gguf-py has no architecture {gguf_arch!r}; update the gguf package")
+    tmap = gguf.get_tensor_name_map(arch, n_blocks)
+
+    def name(hf: str) -> str:
+        out = tmap.get_name(hf, try_suffixes=(".weight", ".bias"))
+        if out is None:
+            raise InstitError(f"no GGUF tensor for the {gguf_arch} parameter {hf!r}; this checkpoint has a layer "
+                              f"llama.cpp's {gguf_arch} architecture does not have")
+        return out
+
+    return name
 
 
 def rotary_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -74,9 +79,8 @@ def write_llm_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", name: 
     import torch
 
     cfg = model.config.text_config
-    arch = cfg.model_type
-    if arch not in SUPPORTED_LLMS:
-        raise InstitError(f"text model type {arch!r} is not supported (supported: {', '.join(SUPPORTED_LLMS)})")
+    fam = text_family(cfg.model_type)
+    arch = fam.gguf_arch
     if dtype not in ("f16", "f32"):
         raise InstitError(f"GGUF dtype {dtype!r} not supported here (f16, f32); use `instit-edge quantize` for others")
     n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -121,33 +125,27 @@ def write_llm_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", name: 
         keep_f32 = arr.ndim == 1 or dtype == "f32"
         w.add_tensor(gname, arr.astype(np.float32 if keep_f32 else np.float16))
 
-    put("token_embd.weight", sd["model.embed_tokens.weight"])
+    names = gguf_tensor_names(fam.gguf_arch, cfg.num_hidden_layers)
+    heads = {"self_attn.q_proj.weight": n_head, "self_attn.k_proj.weight": n_kv}  # rows to permute, by heads
+    put(names("model.embed_tokens.weight"), sd["model.embed_tokens.weight"])
     for i in range(cfg.num_hidden_layers):
-        for suffix, gsuffix in _BLOCK_MAP.items():
-            key = f"model.layers.{i}.{suffix}"
-            if key not in sd:
-                continue
+        prefix = f"model.layers.{i}."
+        for key in [k for k in sd if k.startswith(prefix)]:
+            gname = names(key)
             arr = sd[key]
+            n_perm = heads.get(key[len(prefix):]) if fam.rotary_permute else None
             ov = (overrides or {}).get(key[: -len(".weight")]) if key.endswith(".weight") else None
             if ov is not None:
                 raw, ty = ov
-                if arch == "llama" and suffix == "self_attn.q_proj.weight":
-                    raw = rotary_permute(raw, n_head)
-                elif arch == "llama" and suffix == "self_attn.k_proj.weight":
-                    raw = rotary_permute(raw, n_kv)
-                w.add_tensor(f"blk.{i}.{gsuffix}", np.ascontiguousarray(raw),
-                             raw_dtype=getattr(gguf.GGMLQuantizationType, ty))
+                raw = rotary_permute(raw, n_perm) if n_perm else raw
+                w.add_tensor(gname, np.ascontiguousarray(raw), raw_dtype=getattr(gguf.GGMLQuantizationType, ty))
                 continue
-            if arch == "llama" and suffix == "self_attn.q_proj.weight":
-                arr = rotary_permute(arr, n_head)
-            elif arch == "llama" and suffix == "self_attn.k_proj.weight":
-                arr = rotary_permute(arr, n_kv)
-            put(f"blk.{i}.{gsuffix}", arr)
+            put(gname, rotary_permute(arr, n_perm) if n_perm else arr)
         if progress:
             progress(1)
-    put("output_norm.weight", sd["model.norm.weight"])
+    put(names("model.norm.weight"), sd["model.norm.weight"])
     lm_head = sd.get("lm_head.weight", sd["model.embed_tokens.weight"])
-    put("output.weight", lm_head)
+    put(names("lm_head.weight"), lm_head)
 
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -68,6 +68,32 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 SUPPORTED_ARCHS = tuple(FAMILIES)
 
 
+@dataclass(frozen=True)
+class TextFamily:
+    """The LLM inside a LLaVA checkpoint, by its ``text_config.model_type``: the llama.cpp architecture it is
+    written as, and whether q / k rows are permuted from HF's rotate-half layout to llama.cpp's interleaved
+    pairs (what llama.cpp's own converter does for ``llama``; ``qwen2`` uses NEOX rotary, no permutation).
+    Tensor names come from gguf-py's ``TensorNameMap`` for ``gguf_arch``; the default chat template from
+    ``prompting.FAMILY_TEMPLATES``."""
+
+    model_type: str
+    gguf_arch: str
+    rotary_permute: bool
+
+
+TEXT_FAMILIES: dict[str, TextFamily] = {f.model_type: f for f in (
+    TextFamily("llama", "llama", rotary_permute=True),  # Llama, Vicuna; Mistral is converted to llama
+    TextFamily("qwen2", "qwen2", rotary_permute=False),
+)}
+SUPPORTED_LLMS = tuple(TEXT_FAMILIES)
+
+
+def text_family(model_type: str) -> TextFamily:
+    if model_type not in TEXT_FAMILIES:
+        raise InstitError(f"text model type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_LLMS)})")
+    return TEXT_FAMILIES[model_type]
+
+
 def detect(cfg: dict, where: str = "config.json") -> Family:
     """The family of a HF config dict: by ``architectures`` (the class transformers would build), which must
     agree with ``model_type``; a config without ``architectures`` falls back to ``model_type``."""

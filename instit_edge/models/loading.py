@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 from ..errors import InstitError
-from .families import detect
+from .families import SUPPORTED_LLMS, detect
 from .parts_processor import PartsProcessor
 from .safetensors_file import check_safetensors
 
-SUPPORTED_LLMS = ("llama", "qwen2")
 SUPPORTED_VISION = ("clip_vision_model", "siglip_vision_model")
 
 
