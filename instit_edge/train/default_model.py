@@ -31,6 +31,10 @@ left a tiny VLM at chance (the LLM learns option priors and ignores the image):
    questions of a *training* world (a different seed from any evaluation
    world). The tie is baked into ``linear_2`` at the end, so the exported
    projector is a plain LLaVA ``mlp2x_gelu``. Loss on answers only, bf16 autocast.
+6. **The MC letter step, supervised** (stage 2b+, :mod:`instit_edge.train.letter_heads`):
+   between 2b and 2c, image MC questions answered ``<option text> <letter>``,
+   with two attention heads told where to look and a logit lens making each
+   option's letter readable; 2c keeps that answer format and supervision.
 
 Status (issue 14): the committed ``models/default`` still comes from the earlier
 recipe (commit 98ac102). This recipe's first run solved the short lookups
@@ -41,7 +45,7 @@ model card has the measurements.
 Everything is deterministic for a seed, and every stage resumes after a kill:
 the work folder (``--work``, default ``OUT/../.default-train``) keeps the
 world, the stage-1 tower (``vision.pt``), the stage-1b code (``codes.pt``) and
-the stage-2 states (``lookup-state.pt``, ``letters-state.pt``, ``vlm-state.pt``, written atomically
+the stage-2 states (``lookup-state.pt``, ``letters-state.pt``, ``heads-state.pt``, ``bench-state.pt``, written atomically
 every 100 steps); rerunning the same command continues from there.
 Scores come from ``instit-edge eval`` on a held-out world.
 """
@@ -340,16 +344,19 @@ def init_code_readout(model, tokenizer, layout: dict[str, tuple[int, int]]) -> N
 
 
 # --------------------------------------------------------------------------- stage 2: the VLM
-def bench_samples(world: Path) -> list:
-    """The training world's bench questions (MC + OE, image + video) in the official prompts, as samples."""
+def bench_samples(world: Path, text_letter: bool = False) -> list:
+    """The training world's bench questions (MC + OE, image + video) in the official prompts, as samples;
+    with ``text_letter`` an MC answer is ``<option text> <letter>`` (:mod:`.letter_heads`), else the letter."""
     from ..data.bench import load_bench
     from ..prompting import official_prompt
     from .instructions import Sample
+    from .letter_heads import letter_answer
 
     qa = []
     for it in load_bench(world / "bench"):
         media = {"image": it.image_path} if it.split == "image" else {"frames": list(it.frame_paths)}
-        qa.append(Sample([(official_prompt(it), it.answer)], kind=f"{it.split}-{it.format}", **media))
+        ans = letter_answer(it.options[it.answer], it.answer) if text_letter and it.format == "mc" else it.answer
+        qa.append(Sample([(official_prompt(it), ans)], kind=f"{it.split}-{it.format}", **media))
     return qa
 
 
@@ -468,7 +475,8 @@ class TiedCodeRows(FrozenVisionRows):
 
 
 def _mc_letter_accuracy(model, rows, samples, encoded, tok, batch: int = 16) -> float:
-    """Share of MC samples whose answer letter is the most likely of A-D at the answer position (teacher forcing)."""
+    """Share of MC samples whose answer letter is the most likely of A-D where it is predicted (teacher forcing;
+    for ``<option text> <letter>`` answers, the letter given the right text)."""
     import torch
 
     from .encode import IGNORE, build_batch
@@ -482,7 +490,10 @@ def _mc_letter_accuracy(model, rows, samples, encoded, tok, batch: int = 16) -> 
             embeds, mask, labels = build_batch(model, rows, s, e)
             logits = model(inputs_embeds=embeds, attention_mask=mask).logits
             for b in range(len(s)):
-                pos = (labels[b] != IGNORE).nonzero()[0, 0] - 1  # the position that predicts the first answer token
+                at = [int(i) for i in (labels[b] != IGNORE).nonzero()[:, 0] if int(labels[b, i]) in letters]
+                if not at:
+                    continue
+                pos = at[-1] - 1  # the position that predicts the letter (after the option text, when given)
                 pred = letters[int(logits[b, pos, letters].argmax())]
                 right += int(pred == int(labels[b, pos + 1]))
                 n += 1
@@ -494,7 +505,7 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
               dense_floor: float = 0.0,
               state_path: Path | None = None, save_every: int = 100, held: list | None = None, eval_every: int = 200,
               log=print, deadline: float | None = None, rows=None, freeze_code: bool = False,
-              whole_batches: bool = False) -> dict:
+              whole_batches: bool = False, letter_heads: bool = False) -> dict:
     """Train projector + LLM; resumes from ``state_path`` and writes it every ``save_every`` steps.
 
     ``rows`` gives the image rows of a sample (default: the frozen vision tower
@@ -502,6 +513,8 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
     the projector gets no gradient and only the LLM learns. ``freeze_code`` keeps
     the projector's first layer (the code of :func:`pretrain_codes`) fixed.
     ``whole_batches`` draws the source (``dense`` or ``qa``) once per batch instead of per sample.
+    ``letter_heads`` adds the supervision of :mod:`instit_edge.train.letter_heads` on the MC samples answered
+    ``<option text> <letter>`` (eager attention while training, so the attention weights are returned).
     """
     import torch
 
@@ -522,6 +535,14 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
     held = held or []
     enc_h = [encode_text(s, tok, "vicuna_v1") for s in held]
     rows = rows or FrozenVisionRows(model, processor)
+    lm = model.model.language_model
+    if letter_heads:
+        from .letter_heads import letter_head_loss, letter_positions
+
+        letter_ids = {x: tok.encode(" " + x, add_special_tokens=False)[-1] for x in "ABCD"}
+        where = {}  # sample id -> LetterPositions or None
+        attn_impl = lm.config._attn_implementation
+        lm.config._attn_implementation = "eager"
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warm = max(1, steps // 20)
@@ -562,13 +583,25 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
         chosen = [(src[i], enc[i]) for src, enc in picks for i in [rng.randrange(len(src))]]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             embeds, mask, labels = build_batch(model, rows, [c[0] for c in chosen], [c[1] for c in chosen])
-            out = model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+            out = model(inputs_embeds=embeds, attention_mask=mask, labels=labels,
+                        output_attentions=letter_heads, output_hidden_states=letter_heads)
+            loss = out.loss
+            if letter_heads:
+                pos, shifts = [], []
+                for smp, e in chosen:
+                    if id(smp) not in where:
+                        where[id(smp)] = letter_positions(smp, e.input_ids, tok, "vicuna_v1")
+                    pos.append(where[id(smp)])
+                    with torch.no_grad():
+                        shifts.append(len(rows.rows(smp)) - 1 if e.image_pos >= 0 else 0)
+                aux = letter_head_loss(out, pos, shifts, model.lm_head, lm.norm, letter_ids)
+                loss = loss + aux if aux is not None else loss
         opt.zero_grad()
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        losses.append(round(float(out.loss.detach()), 5))
+        losses.append(round(float(loss.detach()), 5))
         done = step + 1
         if done % 50 == 0 or done == steps:
             rate = (done - start) * batch / (time.perf_counter() - t0)
@@ -584,6 +617,8 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
             log(f"vlm: stopped at step {done} (time budget); rerun to continue")
             break
     model.eval()
+    if letter_heads:
+        lm.config._attn_implementation = attn_impl
     seconds = spent + time.perf_counter() - t0
     return {"steps": done, "target_steps": steps, "final_loss": float(np.mean(losses[-50:])) if losses else None,
             "seconds": round(seconds, 1), "batch": batch, "lr": lr, "losses": losses, "curve": curve,
@@ -608,7 +643,8 @@ def _save_stage(path: Path, obj: dict) -> None:
 
 
 def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos: int = 400, vision_steps: int = 800,
-                  code_steps: int = 3000, lookup_steps: int = 3000, mc_steps: int = 1500, vlm_steps: int = 1200,
+                  code_steps: int = 3000, lookup_steps: int = 3000, mc_steps: int = 1500, heads_steps: int = 500,
+                  vlm_steps: int = 1200,
                   batch: int = 32,
                   lr: float = 1e-3, work: str | Path | None = None, budget_minutes: float | None = None,
                   log=print) -> dict:
@@ -658,11 +694,13 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
 
     lookups = lookup_samples(world)
     qa = bench_samples(world)
+    qa_tl = bench_samples(world, text_letter=True)  # the same questions, MC answered "<option text> <letter>"
     rng = random.Random(seed)
-    mc = [s for s in qa if s.kind.endswith("-mc")]
-    held = rng.sample(mc, min(96, len(mc)))
-    held_ids = {id(s) for s in held}
-    qa = [s for s in qa if id(s) not in held_ids]
+    mc = [i for i, s in enumerate(qa) if s.kind.endswith("-mc")]
+    held_i = set(rng.sample(mc, min(96, len(mc))))
+    held, held_tl = [qa[i] for i in sorted(held_i)], [qa_tl[i] for i in sorted(held_i)]
+    qa = [s for i, s in enumerate(qa) if i not in held_i]
+    qa_tl = [s for i, s in enumerate(qa_tl) if i not in held_i]
     words = [s for s in lookups if not s.kind.endswith("-mc")]
     log(f"stage 2a: LLM on oracle rows, {len(words)} short lookups answered by the bare word")
     lookup = train_vlm(model, processor, words, words, lookup_steps, lr=lr, batch=batch, dense_frac=1.0,
@@ -676,22 +714,32 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
         letters = train_vlm(model, processor, lookups, lookups, mc_steps, lr=lr, batch=batch, dense_frac=1.0,
                             state_path=work / "letters-state.pt", held=held, log=log, deadline=deadline,
                             rows=code_rows, freeze_code=True)
+    heads = {"steps": 0, "target_steps": heads_steps, "losses": [], "curve": []}
     if letters["steps"] >= mc_steps:
-        log(f"stage 2c: LLM on the tower's code rows, lookups fading into {len(qa)} bench questions")
-        vlm = train_vlm(model, processor, lookups, qa, vlm_steps, lr=lr, batch=batch, dense_frac=0.5,
-                        dense_floor=0.25, state_path=work / "vlm-state.pt", held=held, log=log, deadline=deadline,
-                        rows=code_rows, freeze_code=True, whole_batches=True)
+        image_mc = [x for x in qa_tl if x.kind == "image-mc"]
+        log(f"stage 2b+: the letter step, supervised (train/letter_heads.py), {len(image_mc)} image MC questions")
+        heads = train_vlm(model, processor, image_mc, image_mc, heads_steps, lr=lr, batch=16, dense_frac=1.0,
+                          state_path=work / "heads-state.pt", held=held_tl, log=log, deadline=deadline,
+                          rows=code_rows, freeze_code=True, letter_heads=True)
+    if heads["steps"] >= heads_steps:
+        log(f"stage 2c: LLM on the tower's code rows, lookups fading into {len(qa_tl)} bench questions")
+        vlm = train_vlm(model, processor, lookups, qa_tl, vlm_steps, lr=lr, batch=batch, dense_frac=0.5,
+                        dense_floor=0.25, state_path=work / "bench-state.pt", held=held_tl, log=log,
+                        deadline=deadline, rows=code_rows, freeze_code=True, whole_batches=True, letter_heads=True)
     init_code_readout(model, tok, layout)  # bake the tied readout into the projector for export
-    complete = lookup["steps"] >= lookup_steps and letters["steps"] >= mc_steps and vlm["steps"] >= vlm_steps
+    complete = (lookup["steps"] >= lookup_steps and letters["steps"] >= mc_steps and heads["steps"] >= heads_steps
+                and vlm["steps"] >= vlm_steps)
     card = {"recipe": [line for line in __doc__.strip().splitlines()[:1]], "seed": seed,
             "world_seed": WORLD_SEED_OFFSET + seed, "image_size": IMAGE, "patch_size": PATCH,
             "vision": vis, "codes": codes, "lookup": {k: v for k, v in lookup.items() if k != "losses"},
             "letters": {k: v for k, v in letters.items() if k != "losses"},
+            "heads": {k: v for k, v in heads.items() if k != "losses"},
             "vlm": {k: v for k, v in vlm.items() if k != "losses"},
             "samples": {"lookups": len(lookups), "qa": len(qa), "held_out_mc": len(held)},
             "hardware": _hardware(), "torch_threads": torch.get_num_threads(), "complete": complete,
             "wall_seconds_this_run": round(time.perf_counter() - t0, 1)}
-    write_json(work / "losses.json", {"lookup": lookup["losses"], "letters": letters["losses"], "vlm": vlm["losses"]})
+    write_json(work / "losses.json", {"lookup": lookup["losses"], "letters": letters["losses"],
+                                      "heads": heads["losses"], "vlm": vlm["losses"]})
     card_md = out / "README.md"  # the hand-written model card survives a retrain
     card_text = card_md.read_text(encoding="utf-8") if card_md.is_file() else None
     with atomic_dir(out, force=True) as tmp:
@@ -716,6 +764,7 @@ def plot_training(model_dir: str | Path, losses_json: str | Path, png: str | Pat
     raw = json.loads(Path(losses_json).read_text())
     parts = [("2a: oracle rows, word lookups", raw.get("lookup", []), card.get("lookup", {}).get("curve", [])),
              ("2b: code rows, + MC lookups", raw.get("letters", []), card.get("letters", {}).get("curve", [])),
+             ("2b+: the letter step, supervised", raw.get("heads", []), card.get("heads", {}).get("curve", [])),
              ("2c: code rows, + bench", raw.get("vlm", []), card.get("vlm", {}).get("curve", []))] \
         if isinstance(raw, dict) else [("stage 2", raw, card["vlm"]["curve"])]
     k = 25
@@ -777,11 +826,12 @@ if __name__ == "__main__":
     ap.add_argument("--code-steps", type=int, default=3000, help="Stage 1b: tower + projector code.")
     ap.add_argument("--lookup-steps", type=int, default=3000, help="Stage 2a: LLM on oracle rows, bare-word lookups.")
     ap.add_argument("--mc-steps", type=int, default=1500, help="Stage 2b: code rows, lookups bare and as MC.")
+    ap.add_argument("--heads-steps", type=int, default=500, help="Stage 2b+: the MC letter step, supervised.")
     ap.add_argument("--vlm-steps", type=int, default=1200, help="Stage 2c: code rows, lookups + bench questions.")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--budget-minutes", type=float, default=None, help="Stop (resumably) after this long.")
     a = ap.parse_args()
     card = build_default(a.out, a.seed, a.images, a.videos, a.vision_steps, a.code_steps, a.lookup_steps,
-                         a.mc_steps, a.vlm_steps, a.batch, a.lr, a.work, a.budget_minutes)
+                         a.mc_steps, a.heads_steps, a.vlm_steps, a.batch, a.lr, a.work, a.budget_minutes)
     print(json.dumps({k: v for k, v in card.items() if k != "vlm"}, indent=2, default=str))

@@ -1,0 +1,80 @@
+"""The supervision of the MC letter step (train/letter_heads.py): positions on a real rendered sample, and a
+loss that trains a 4-layer Llama's heads to attend where told."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_models):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_models("llava-llama-clip")))
+
+
+def _sample(rng):
+    from instit_edge.prompting import build_mc_prompt
+    from instit_edge.train.instructions import Sample
+    from instit_edge.train.letter_heads import letter_answer
+
+    words = ["red", "top-left", "to the left of", "[3]", "white", "<2>", "it does not move"]
+    opts = dict(zip("ABCD", rng.choice(words, 4, replace=False).tolist()))
+    right = "ABCD"[int(rng.integers(4))]
+    prompt = build_mc_prompt("What is the color of [2]?", opts, "image")
+    return Sample([(prompt, letter_answer(opts[right], right))], image="x.png"), opts, right
+
+
+def test_positions_point_at_the_letters_and_texts(tok, rng):
+    from instit_edge.train.encode import encode_text
+    from instit_edge.train.letter_heads import letter_positions
+
+    for _ in range(5):
+        s, opts, right = _sample(rng)
+        enc = encode_text(s, tok, "vicuna_v1")
+        p = letter_positions(s, enc.input_ids, tok, "vicuna_v1")
+        assert p is not None and p.answer == right
+        for k, v in opts.items():
+            assert tok.decode([enc.input_ids[p.letter[k]]]).strip() == k
+            assert v.endswith(tok.decode([enc.input_ids[p.last[k]]]).strip())
+            assert p.letter[k] < p.last[k] < p.answer_last
+        assert tok.decode([enc.input_ids[p.answer_last + 1]]).strip() == right  # it predicts the letter
+        assert tok.decode(enc.input_ids[p.answer_last - 12: p.answer_last + 1]).strip().endswith(opts[right])
+    plain = type(s)([(s.turns[0][0], right)], image="x.png")  # a letter-only answer is not supervised
+    assert letter_positions(plain, encode_text(plain, tok, "vicuna_v1").input_ids, tok, "vicuna_v1") is None
+
+
+def test_loss_trains_the_heads_to_attend_where_told(tok, rng):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from instit_edge.train.encode import encode_text
+    from instit_edge.train.letter_heads import H1, H2, L1, L2, letter_head_loss, letter_positions
+
+    torch.manual_seed(int(rng.integers(1000)))
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=2,
+                                         attn_implementation="eager"))
+    s, _, _ = _sample(rng)
+    text = type(s)(s.turns)  # text only: no image rows, shift 0
+    enc = encode_text(text, tok, "vicuna_v1")
+    p = letter_positions(text, enc.input_ids, tok, "vicuna_v1")
+    ids = torch.tensor([enc.input_ids])
+    letter_ids = {x: tok.encode(" " + x, add_special_tokens=False)[-1] for x in "ABCD"}
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        out = model(input_ids=ids, output_attentions=True, output_hidden_states=True)
+        loss = letter_head_loss(out, [p], [0], model.lm_head, model.model.norm, letter_ids)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
+    with torch.no_grad():
+        out = model(input_ids=ids, output_attentions=True)
+    a1, a2 = out.attentions[L1][0, H1], out.attentions[L2][0, H2]
+    assert float(a1[p.last["A"], p.letter["A"]]) > 0.5  # the option's text attends to its letter
+    assert float(a2[p.answer_last, p.last[p.answer]]) > 0.5  # the answer attends to the right option
+    assert letter_head_loss(out, [None], [0], model.lm_head, model.model.norm, letter_ids) is None
