@@ -58,7 +58,8 @@ def analyse(res: dict, b, variants: list, cfg: BenchConfig) -> None:
         kv = 0
         if wb.get("n_layer") and wb.get("n_head_kv") and wb.get("head_dim"):
             kv = int(n_ctx * wb["n_layer"] * 2 * wb["n_head_kv"] * wb["head_dim"] * 2)  # F16 K and V
-        entry = {"weights_bytes_per_token": wb["bytes_per_token"], "kv_bytes_per_token": kv,
+        entry = {"weights_bytes_per_token": wb["bytes_per_token"], "params_per_token": wb.get("params_per_token"),
+                 "kv_bytes_per_token": kv,
                  "file_bytes": wb["file_bytes"], "by_type": wb["by_type"], "decode_tok_s": dec}
         if bw_n:
             entry["bound_tok_s"] = bw_n * 1e9 / wb["bytes_per_token"]
@@ -73,10 +74,7 @@ def analyse(res: dict, b, variants: list, cfg: BenchConfig) -> None:
     for v, entry in roof.items():
         run = next((x for x in runs if x["kind"] == "bundle" and x["llm"] == v), None)
         pre = median_of(run, "prefill_tok_s") if run else None
-        try:
-            params = gguf_weight_bytes(b.path("llm", v)).get("params_per_token")
-        except Exception:  # noqa: BLE001 - reported above
-            params = None
+        params = entry.get("params_per_token")
         entry["prefill_tok_s"] = pre
         entry["prefill_gflop_s"] = pre * 2 * params / 1e9 if pre and params else None
         for k, peak in peaks.items():

@@ -588,12 +588,11 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
             loss = out.loss
             if letter_heads:
                 pos, shifts = [], []
-                for smp, e in chosen:
+                for b, (smp, e) in enumerate(chosen):
                     if id(smp) not in where:
                         where[id(smp)] = letter_positions(smp, e.input_ids, tok, "vicuna_v1")
                     pos.append(where[id(smp)])
-                    with torch.no_grad():
-                        shifts.append(len(rows.rows(smp)) - 1 if e.image_pos >= 0 else 0)
+                    shifts.append(int(mask[b].sum()) - len(e.input_ids))  # the image rows minus their placeholder
                 aux = letter_head_loss(out, pos, shifts, model.lm_head, lm.norm, letter_ids)
                 loss = loss + aux if aux is not None else loss
         opt.zero_grad()
