@@ -15,6 +15,14 @@ DEFAULT_MODEL ?= models/default
 WORLD_SEED ?= 7
 CALIB_SEED ?= 11
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+# llama.cpp's AMX matmul crashes on quantized weights (ggml-org/llama.cpp#20824), and -march=native on an AMX
+# CPU always compiles it in, which forces weight repacking off (llm_llamacpp.weight_repacking). On such a CPU
+# llama-cpp-python is built for the same AVX-512 family by hand, without AMX, so repacking stays on. Its wheel
+# goes to its own pip cache: pip keys built wheels by the sdist alone, so a native wheel would be reused.
+AMX_CPU   := $(shell grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && echo yes)
+LLAMA_SPEC ?= llama-cpp-python==0.3.36
+LLAMA_NOAMX_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test bench lint clean train-default
@@ -26,6 +34,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	@echo "installing instit-edge[dev] (the first llama-cpp-python install compiles llama.cpp: ~15 min on 2 cores)"
+ifeq ($(AMX_CPU),yes)
+	@echo "AMX CPU: llama.cpp built without its AMX kernels (see LLAMA_NOAMX_ARGS)"
+	CMAKE_ARGS="$(LLAMA_NOAMX_ARGS)" PIP_CACHE_DIR="$${XDG_CACHE_HOME:-$$HOME/.cache}/pip-llama-noamx" \
+		$(PY) -m pip install --quiet "$(LLAMA_SPEC)"
+endif
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 

@@ -418,8 +418,6 @@ def _render_llama3(system: str | None, turns: list, add_generation_prompt: bool)
 
 _RENDERERS = MappingProxyType({"vicuna_v1": _render_vicuna, "chatml": _render_chatml, "qwen_1_5": _render_chatml,
                                "mistral_instruct": _render_mistral, "llava_llama_3": _render_llama3})
-# the template of an LLM family when the checkpoint has no chat_template of its own
-FAMILY_TEMPLATES = MappingProxyType({"llama": "vicuna_v1", "qwen2": "chatml", "mistral": "mistral_instruct"})
 
 
 def identify_chat_template(jinja: str, bos_token: str | None = None, eos_token: str | None = None) -> str | None:
@@ -568,9 +566,10 @@ def score_mc(predictions: Sequence[Mapping], mode: str = "official") -> dict:
     return {"accuracy": accuracy, "total": len(predictions), "valid": valid, "correct": correct}
 
 
-def pick_template(processor, llm_arch: str, override: str | None = None) -> str:
+def pick_template(processor, default: str, override: str | None = None) -> str:
     """The chat template a bundle records: ``override`` (``--template``), else the checkpoint's own
-    ``chat_template`` when it renders like one of ours, else the LLM family's default."""
+    ``chat_template`` when it renders like one of ours, else ``default`` (the LLM family's, from
+    ``models.families.TEXT_FAMILIES``)."""
     if override:
         if override not in CHAT_TEMPLATES:
             raise InstitError(f"unknown --template {override!r}; choose one of {', '.join(CHAT_TEMPLATES)}")
@@ -585,7 +584,4 @@ def pick_template(processor, llm_arch: str, override: str | None = None) -> str:
             raise InstitError("the checkpoint's chat_template renders like none of the supported templates; "
                               f"pass --template NAME (one of {', '.join(CHAT_TEMPLATES)})")
         return name
-    if llm_arch not in FAMILY_TEMPLATES:
-        raise InstitError(f"no default chat template for LLM {llm_arch!r}; pass --template NAME "
-                          f"(one of {', '.join(CHAT_TEMPLATES)})")
-    return FAMILY_TEMPLATES[llm_arch]
+    return _check_template(default)

@@ -46,6 +46,44 @@ def test_quick_bench_writes_reports(quick_run):
 
 
 @pytest.mark.timeout(600)
+def test_quick_bench_profiles_the_prefill(quick_run):
+    """perf sampled only the prefill: llama.cpp's kernels dominate, and the shares add up."""
+    from instit_edge.bench import profile
+
+    out, res, _ = quick_run
+    if profile.perf_available() is None:
+        assert any("no prefill profile" in n for n in res["notes"])
+        pytest.skip("linux-perf cannot sample on this machine")
+    prof = res["profile"]
+    assert prof and prof["prompt_tokens"] > 0 and _pos(prof["tok_s"])
+    assert abs(sum(prof["kinds"].values()) - 100) < 0.5
+    ggml = sum(v for k, v in prof["kinds"].items() if k != profile.OTHER)
+    assert ggml > 50, prof["kinds"]  # Python start-up, imports and vision are outside the sampled window
+    assert any("libggml" in t["dso"] or "libllama" in t["dso"] for t in prof["top"][:3]), prof["top"][:3]
+    assert "## Where the prefill time goes" in (out / "report.md").read_text()
+
+
+def test_profile_kinds_from_perf_report_lines():
+    from instit_edge.bench import profile
+
+    text = """
+    41.20%  libggml-cpu.so       [.] ggml_gemm_q4_0_8x8_q8_0
+    12.00%  libggml-cpu.so       [.] quantize_row_q8_0
+     9.50%  libgomp.so.1.0.0     [.] 0x000000000001e0a2
+     6.30%  libggml-cpu.so       [.] ggml_compute_forward_soft_max_f32
+     5.00%  libggml-cpu.so       [.] ggml_compute_forward_rms_norm_f32
+     1.00%  python3.11           [.] _PyEval_EvalFrameDefault
+     0.50%  [kernel.kallsyms]    [k] clear_page_erms
+"""
+    rows = profile.parse_report(text)
+    assert len(rows) == 7 and rows[0] == {"share": 41.2, "dso": "libggml-cpu.so", "symbol": "ggml_gemm_q4_0_8x8_q8_0"}
+    g = profile.group(rows)
+    assert list(g["kinds"])[0] == "matmul kernels" and abs(sum(g["kinds"].values()) - 100) < 1e-9
+    assert g["kinds"]["thread sync (barrier, OpenMP)"] == pytest.approx(9.5 / 75.5 * 100)
+    assert g["kinds"]["kernel"] > 0 and g["kinds"][profile.OTHER] > 0
+
+
+@pytest.mark.timeout(600)
 def test_quick_bench_numbers_are_positive_and_finite(quick_run):
     _, res, _ = quick_run
     runs = res["runs"]

@@ -23,7 +23,7 @@ MISTRAL_SPM = DATA / "mistral" / "tokenizer.model.v1.xz"
 # name -> (TinySpec fields, golden vocab file or None)
 REAL = {
     "spm-llama": (dict(arch="llava-next", llm="llama", vision="clip", tokenizer=str(SPM_GGUF)), "llama-spm"),
-    "spm-mistral": (dict(arch="llava", llm="llama", vision="clip", tokenizer=str(MISTRAL_SPM),
+    "spm-mistral": (dict(arch="llava", llm="mistral", vision="clip", tokenizer=str(MISTRAL_SPM),
                          chat_template="mistral_instruct", hidden_size=64, intermediate_size=128, num_layers=1,
                          num_heads=2, num_kv_heads=1), None),
     "qwen2": (dict(arch="llava", llm="qwen2", vision="siglip", tokenizer=str(QWEN2_GGUF), hidden_size=64,
@@ -253,21 +253,59 @@ def test_checkpoint_chat_template_wins_and_template_option_overrides():
         return SimpleNamespace(chat_template=jinja, tokenizer=SimpleNamespace(chat_template=jinja, bos_token=bos,
                                                                             eos_token="</s>"))
 
-    assert pick_template(proc(VICUNA_TEMPLATE), "qwen2") == "vicuna_v1"
-    assert pick_template(proc(CHATML_TEMPLATE), "llama") == "chatml"
-    assert pick_template(proc(MISTRAL_TEMPLATE), "llama") == "mistral_instruct"
+    assert pick_template(proc(VICUNA_TEMPLATE), "chatml") == "vicuna_v1"
+    assert pick_template(proc(CHATML_TEMPLATE), "vicuna_v1") == "chatml"
+    assert pick_template(proc(MISTRAL_TEMPLATE), "vicuna_v1") == "mistral_instruct"
     hf_mistral = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}[INST] "
                   "{{ message['content'] }} [/INST]{% else %}{{ message['content'] }}</s>{% endif %}{% endfor %}")
-    assert pick_template(proc(hf_mistral), "llama") == "mistral_instruct"
+    assert pick_template(proc(hf_mistral), "vicuna_v1") == "mistral_instruct"
     # Meta-Llama-3-Instruct's template with LLaVA-NeXT's system prompt rendered in: llava_llama_3 only when
     # the system text matches, so the bare Llama 3 template (no system) is not llava_llama_3
     with pytest.raises(InstitError, match="--template NAME"):
-        pick_template(proc(LLAMA3_JINJA, "<|begin_of_text|>"), "llama")
-    assert pick_template(proc(LLAMA3_JINJA, "<|begin_of_text|>"), "llama", "llava_llama_3") == "llava_llama_3"
-    assert pick_template(proc(None), "llama") == "vicuna_v1" and pick_template(proc(None), "qwen2") == "chatml"
-    assert pick_template(proc(VICUNA_TEMPLATE), "llama", "chatml") == "chatml"
+        pick_template(proc(LLAMA3_JINJA, "<|begin_of_text|>"), "vicuna_v1")
+    assert pick_template(proc(LLAMA3_JINJA, "<|begin_of_text|>"), "vicuna_v1", "llava_llama_3") == "llava_llama_3"
+    assert pick_template(proc(None), "vicuna_v1") == "vicuna_v1" and pick_template(proc(None), "chatml") == "chatml"
+    assert pick_template(proc(VICUNA_TEMPLATE), "vicuna_v1", "chatml") == "chatml"
     with pytest.raises(InstitError, match="unknown --template"):
-        pick_template(proc(None), "llama", "alpaca")
+        pick_template(proc(None), "vicuna_v1", "alpaca")
+
+
+def test_text_family_registry_decides_template_arch_and_context():
+    """One entry per LLM kind: llama.cpp arch, rotary permutation, default templates, the attention window."""
+    from instit_edge.errors import InstitError
+    from instit_edge.models.families import TEXT_FAMILIES, text_family
+    from instit_edge.prompting import CHAT_TEMPLATES
+
+    for fam in TEXT_FAMILIES.values():
+        assert fam.template in CHAT_TEMPLATES and fam.repo_template in CHAT_TEMPLATES
+    m = text_family("mistral")
+    assert (m.gguf_arch, m.rotary_permute, m.template) == ("llama", True, "mistral_instruct")
+    assert text_family("qwen2").repo_template == "qwen_1_5" and text_family("llama").template == "vicuna_v1"
+    # llama.cpp's llama arch has no window: within the window, windowed attention is full attention
+    assert m.context_length({"max_position_embeddings": 32768, "sliding_window": 4096}) == 4096
+    assert m.context_length({"max_position_embeddings": 32768, "sliding_window": None}) == 32768
+    q = text_family("qwen2")
+    assert q.context_length({"max_position_embeddings": 32768, "sliding_window": 4096}) == 32768  # window off
+    assert q.context_length({"max_position_embeddings": 32768, "sliding_window": 4096,
+                             "use_sliding_window": True}) == 4096
+    assert text_family("llama").context_length({"max_position_embeddings": 2048, "sliding_window": 16}) == 2048
+    with pytest.raises(InstitError, match="not supported"):
+        text_family("gemma")
+
+
+def test_mistral_text_model_is_a_mistral_checkpoint(real):
+    """HF LLaVA with a Mistral LLM (text_config.model_type 'mistral', as llava-v1.6-mistral-7b-hf): loads as
+    MistralForCausalLM in torch and is written as llama.cpp's llama arch."""
+    import json
+
+    import gguf
+
+    ckpt, bundle = real("spm-mistral")
+    cfg = json.loads((Path(ckpt) / "config.json").read_text())
+    assert cfg["text_config"]["model_type"] == "mistral"
+    r = gguf.GGUFReader(str(Path(bundle) / "llm.f32.gguf"))
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    assert arch == "llama"
 
 
 def test_mistral_checkpoint_exports_mistral_template(real):

@@ -35,3 +35,30 @@ def test_one_opencv_wheel():
 def test_auto_gptq_is_not_used():
     names = {d.metadata["Name"].lower() for d in distributions()}
     assert "auto-gptq" not in names and "auto_gptq" not in names
+
+
+def test_llama_cpp_build_matches_the_cpu():
+    """On an AMX CPU `make setup` builds llama.cpp without its (crashing) AMX kernels, so weight repacking is on;
+    a venv built by hand with -march=native there has them, and repacking is then switched off."""
+    from instit_edge.runtime.llm_llamacpp import build_has_amx, cpu_has_amx, weight_repacking
+
+    if not cpu_has_amx():
+        assert not build_has_amx() and weight_repacking()
+        return
+    assert not build_has_amx(), "llama.cpp was built with AMX kernels here: rebuild with `rm -rf .venv && make setup`"
+    assert weight_repacking()
+
+
+def test_amx_build_detection_reads_the_system_info(monkeypatch):
+    import llama_cpp
+
+    from instit_edge.runtime import llm_llamacpp
+
+    monkeypatch.delenv("INSTIT_LLAMA_REPACK", raising=False)
+    monkeypatch.setattr(llm_llamacpp, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: b"CPU : AVX512 = 1 | AMX_INT8 = 1 | ")
+    assert llm_llamacpp.build_has_amx() and not llm_llamacpp.weight_repacking()
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: b"CPU : AVX512 = 1 | AVX512_BF16 = 1 | ")
+    assert not llm_llamacpp.build_has_amx() and llm_llamacpp.weight_repacking()
+    monkeypatch.setenv("INSTIT_LLAMA_REPACK", "0")
+    assert not llm_llamacpp.weight_repacking()

@@ -19,7 +19,8 @@ between runs. The parent only orchestrates (numpy, matplotlib; no torch). Result
 Modules: :mod:`.spec` (targets, :class:`BenchConfig`), :mod:`.measure` (repetition summaries, peak RSS,
 machine facts, GGUF weight bytes), :mod:`.children` (the measured configurations, one subprocess each),
 :mod:`.runner` (the parent: :func:`run_benchmark`), :mod:`.analysis` (roofline, ratios, noise, targets),
-:mod:`.report` (Markdown and plots), :mod:`.commands` (``instit-edge bench``).
+:mod:`.report` (Markdown and plots), :mod:`.profile` (a perf profile of the prefill alone, grouped by kind of
+work), :mod:`.commands` (``instit-edge bench``).
 
 Measurements of one part each, outside ``instit-edge bench`` (each ``python -m instit_edge.bench.NAME --help``;
 a ``measure_*`` / ``soak`` function returns the numbers, ``main`` prints them and writes JSON):

@@ -128,7 +128,7 @@ def _child_torch(a: dict) -> dict:
     torch.set_num_threads(int(a["threads"]))
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from ..prompting import FAMILY_TEMPLATES
+    from ..models.families import chat_template_for, preprocess_for
     from ..runtime.torch_ref import TorchSession
 
     arr, question = _load_question(a)
@@ -141,8 +141,7 @@ def _child_torch(a: dict) -> dict:
         proc = AutoProcessor.from_pretrained(a["checkpoint"])
         model = AutoModelForImageTextToText.from_pretrained(a["checkpoint"], dtype=dtype,
                                                             attn_implementation=impl).eval()
-        ts = TorchSession(model, proc, FAMILY_TEMPLATES[model.config.text_config.model_type],
-                          {"pool_stride": 2, "pool_mode": "average", "max_frames": 32}, "cpu", {})
+        ts = TorchSession(model, proc, chat_template_for(model, proc), preprocess_for(model, proc)["video"], "cpu", {})
         load_s = time.perf_counter() - t
         emb = model.get_input_embeddings()
         reps = []
@@ -474,8 +473,31 @@ def _child_scene(a: dict) -> dict:
             "short_question": it.question, "followups": [build_oe_prompt(q, split="image") for q in others]}
 
 
+def _child_prefill(a: dict) -> dict:
+    """The same cold prefill (image rows + question) ``reps`` times, sampled by perf only while it runs
+    (the parent starts this child under ``perf record`` with events disabled; see :mod:`.profile`)."""
+    from ..runtime.session import EdgeSession
+    from .profile import Control
+
+    arr, question = _load_question(a)
+    s = EdgeSession.load(a["bundle"], llm=a["llm"], vision=a["vision"], n_threads=a["threads"], verify=False)
+    _warm_bundle(s)
+    segs, _ = s.prepare(question, image=arr)  # vision outside the sampled window
+    ctl = Control(a.get("ctl"), a.get("ack"))
+    times = []
+    for _ in range(int(a["reps"])):
+        s.llm.reset()
+        ctl.enable()
+        t = time.perf_counter()
+        s.llm.prefill(segs)
+        times.append(time.perf_counter() - t)
+        ctl.disable()
+    n = sum(len(x) for x in segs)
+    return {"llm": a["llm"], "prompt_tokens": n, "prefill_s": summarize(times), "tok_s": n / min(times)}
+
+
 CHILDREN = {"llm": _child_llm, "torch": _child_torch, "vision": _child_vision, "roofline": _child_roofline,
-            "compute": _child_compute, "budget": _child_budget,
+            "compute": _child_compute, "budget": _child_budget, "prefill": _child_prefill,
             "marker": _child_marker, "build": _child_build, "scene": _child_scene}
 
 

@@ -40,6 +40,8 @@ def register(app: typer.Typer, console, out) -> None:
         image_size: str = typer.Option("640x480", "--image-size", help="Size of the synthetic scene and marker frames."),
         mtmd: bool = typer.Option(True, "--mtmd/--no-mtmd", help="Time llama.cpp's own vision path (libmtmd)."),
         marker: bool = typer.Option(True, "--marker/--no-marker", help="Time the marker (if installed)."),
+        profile: bool = typer.Option(True, "--profile/--no-profile", help="Where the prefill time goes: a perf "
+                                     "profile of the deploy variant's prefill (needs linux-perf)."),
         quick: bool = typer.Option(False, "--quick", help="Reduced run: one repetition, no warm-up, 16 tokens."),
     ):
         """Benchmark a bundle against transformers fp32 and bf16, llama.cpp's vision path and the memory and
@@ -53,7 +55,7 @@ def register(app: typer.Typer, console, out) -> None:
                           new_tokens=16 if quick else new_tokens, baseline=split_csv(baseline),
                           baseline_reps=baseline_reps or None, baseline_shared_process=quick,
                           image=str(image) if image else None, question=question, image_size=_size(image_size),
-                          mtmd=mtmd, marker=marker, marker_frames=30 if quick else 120,
+                          mtmd=mtmd, marker=marker, marker_frames=30 if quick else 120, profile=profile,
                           roofline_mb=128 if quick else 512, quick=quick)
         res = run_benchmark(cfg, log=lambda m: console.print(m, highlight=False))
         out.file.write((out_dir / "report.md").read_text())  # raw markdown: no wrapping of the tables

@@ -104,6 +104,21 @@ def render_markdown(res: dict) -> str:
             L.append(f"| {'all' if e['max_tiles'] is None else e['max_tiles']} | {e['image_rows']} | "
                      f"{e['prefill_s']:.2f} | {e['kld_vs_full']:.4f} | {e['top1_agreement']:.0%} |")
 
+    prof = res.get("profile") or {}
+    if prof.get("kinds"):
+        L.append(f"\n## Where the prefill time goes ({prof['llm']}, {prof['prompt_tokens']} tokens, "
+                 f"{prof['tok_s']:.0f} tok/s)\n")
+        L.append("`perf record -e cpu-clock` sampling only while llama.cpp prefills (vision, load and start-up "
+                 "excluded); shares of the samples, both threads together.\n")
+        L.append("| kind of work | share |")
+        L.append("|---|---|")
+        for k, v in prof["kinds"].items():
+            L.append(f"| {k} | {v:.1f}% |")
+        L.append("\n| symbol | library | kind | share |")
+        L.append("|---|---|---|---|")
+        for t in prof.get("top", []):
+            L.append(f"| `{t['symbol'][:70]}` | {t['dso']} | {t['kind']} | {t['share']:.1f}% |")
+
     roof = res.get("roofline", {})
     L.append("\n## Roofline (decode is bound by the weight bytes read per token)\n")
     bw = res.get("bandwidth") or {}

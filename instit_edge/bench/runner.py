@@ -26,8 +26,10 @@ class _Runner:
         self.stage_s: dict[str, float] = {}
         self.errors: list[str] = []
 
-    def run(self, task: str, args: dict, label: str, cwd: Path | None = None, timeout: int | None = None):
-        """Run one child; return its JSON, or None (the error is recorded) when it fails."""
+    def run(self, task: str, args: dict, label: str, cwd: Path | None = None, timeout: int | None = None,
+            wrap: list[str] | None = None):
+        """Run one child (under the ``wrap`` command prefix, e.g. ``perf record``); return its JSON, or None (the
+        error is recorded) when it fails."""
         ap, op = self.work / f"{label}.args.json", self.work / f"{label}.out.json"
         ap.write_text(json.dumps(args, default=str))
         env = dict(os.environ)
@@ -39,7 +41,8 @@ class _Runner:
         self.log(f"[bench] {label} ...")
         t = time.perf_counter()
         try:
-            p = subprocess.run([sys.executable, "-m", "instit_edge.bench.children", task, str(ap), str(op)], check=False,
+            p = subprocess.run([*(wrap or []), sys.executable, "-m", "instit_edge.bench.children", task, str(ap), str(op)],
+                               check=False,
                                cwd=str(cwd) if cwd else None, env=env, capture_output=True, text=True,
                                timeout=timeout or self.cfg.child_timeout_s)
             rc, err = p.returncode, p.stderr
@@ -70,6 +73,32 @@ def _merge_round(prev: dict | None, run: dict, k: int) -> dict:
     if run.get("rss", {}).get("peak_mb", 0) > prev.get("rss", {}).get("peak_mb", 0):
         prev["rss"] = run["rss"]
     return prev
+
+
+def _profile_prefill(r: "_Runner", common: dict, llm: str, vision: str, notes: list) -> dict | None:
+    """The ``prefill`` child under ``perf record``, sampling only while it prefills; the samples grouped by kind."""
+    from . import profile
+
+    perf = profile.perf_available()
+    if perf is None:
+        notes.append("no prefill profile: linux-perf is not installed or cannot sample here")
+        return None
+    d = r.work / "perf"
+    d.mkdir(exist_ok=True)
+    ctl, ack, data = d / "ctl.fifo", d / "ack.fifo", d / "perf.data"
+    for f in (ctl, ack):
+        if not f.exists():
+            os.mkfifo(f)
+    x = r.run("prefill", {**common, "llm": llm, "vision": vision, "reps": 3, "ctl": str(ctl), "ack": str(ack)},
+              f"profile-{llm}", wrap=profile.record_command(perf, data, ctl, ack))
+    if x is None:
+        return None
+    try:
+        x.update(profile.report(perf, data))
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        notes.append(f"prefill profile: {e}")
+        return None
+    return x
 
 
 def _is_preset(target: str) -> bool:
@@ -193,6 +222,9 @@ def run_benchmark(cfg: BenchConfig, log=None) -> dict:
     if b.preprocess.get("pinpoints") and cfg.budgets:
         res["budget"] = r.run("budget", {**common, "llm": deploy, "vision": visions[-1], "budgets": cfg.budgets,
                                          "n_questions": 1 if cfg.quick else 3}, "budget")
+    # ---- where the prefill time goes (the deploy variant, the bundle's first vision variant)
+    if cfg.profile:
+        res["profile"] = _profile_prefill(r, common, deploy, visions[0], notes)
     # ---- marker
     if cfg.marker:
         res["marker"] = r.run("marker", {"size": list(cfg.image_size), "frames": cfg.marker_frames,

@@ -41,6 +41,7 @@ class BenchConfig:
     budgets: list = field(default_factory=lambda: [0, 1, 2, 4])  # --max-tiles values of the token-budget table
     mtmd: bool = True
     marker: bool = True
+    profile: bool = True                          # a perf profile of the deploy variant's prefill (if perf works)
     marker_frames: int = 120
     roofline_mb: int = 512
     image_size: tuple = (640, 480)

@@ -52,11 +52,13 @@ def _environment_rows(out_dir: Path) -> tuple[list, list[str]]:
                                     "llama-cpp-python install compiles llama.cpp (`apt-get install build-essential "
                                     "cmake`)")))
     try:
-        from ..runtime.llm_llamacpp import cpu_has_amx, weight_repacking
+        from ..runtime.llm_llamacpp import build_has_amx, cpu_has_amx, weight_repacking
         from ..system import cpu_name
 
         cpu = cpu_name()
-        rows.append(("cpu", True, f"{cpu}, {os.cpu_count()} cores; AMX: {'yes' if cpu_has_amx() else 'no'}; "
+        amx = cpu_has_amx()
+        kernels = f" (llama.cpp build: {'with' if build_has_amx() else 'without'} AMX kernels)" if amx else ""
+        rows.append(("cpu", True, f"{cpu}, {os.cpu_count()} cores; AMX: {'yes' if amx else 'no'}{kernels}; "
                                   f"llama.cpp weight repacking: {'on' if weight_repacking() else 'off'}"))
     except Exception:  # the runtime import needs nothing heavy, but doctor must never crash
         pass

@@ -14,9 +14,8 @@ import numpy as np
 
 from ..bundle import FORMAT_VERSION, MANIFEST, Bundle
 from ..errors import InstitError
-from ..models.families import SUPPORTED_ARCHS, preprocess_for
+from ..models.families import SUPPORTED_ARCHS, chat_template_for, preprocess_for, text_family
 from ..models.loading import load_model
-from ..prompting import pick_template
 
 
 def export_bundle(
@@ -60,7 +59,7 @@ def export_bundle(
     tok = processor.tokenizer
     image_token = getattr(processor, "image_token", "<image>")
     image_token_id = int(cfg.image_token_id)
-    template = pick_template(processor, llm_arch, template)
+    template = chat_template_for(model, processor, template)
     tok_dir = Path(model_path) if Path(model_path).is_dir() else None
 
     with atomic_dir(out, force=force) as tmp:
@@ -97,7 +96,7 @@ def export_bundle(
                 "vision": cfg.vision_config.model_type,
                 "text_hidden": int(cfg.text_config.hidden_size),
                 "vocab_size": int(cfg.text_config.vocab_size),
-                "context_length": int(cfg.text_config.max_position_embeddings),
+                "context_length": text_family(llm_arch).context_length(cfg.text_config),
                 "vision_hidden": int(cfg.vision_config.hidden_size),
                 "vision_layers": int(cfg.vision_config.num_hidden_layers),
             },

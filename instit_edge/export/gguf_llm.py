@@ -95,7 +95,7 @@ def write_llm_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", name: 
     out = Path(out)
     w = gguf.GGUFWriter(str(out), arch)
     w.add_name(name)
-    w.add_context_length(cfg.max_position_embeddings)
+    w.add_context_length(fam.context_length(cfg))
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_feed_forward_length(cfg.intermediate_size)

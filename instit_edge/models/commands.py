@@ -12,7 +12,7 @@ import typer
 
 from ..errors import InstitError
 from ..terminal import tree_mb
-from .families import detect
+from .families import detect, text_family
 
 PROBE_IMAGE = (640, 480)  # (w, h)
 PROBE_FRAMES = 8
@@ -73,6 +73,26 @@ def _pins(p) -> str:
     return s + (f", ... ({len(p)})" if len(p) > 6 else "")
 
 
+def _own_template(path: Path) -> str | None:
+    """The supported template the checkpoint's own chat_template renders like (None: none of its own)."""
+    from ..prompting import identify_chat_template
+
+    for name in ("chat_template.jinja", "chat_template.json", "tokenizer_config.json"):
+        f = path / name
+        if not f.is_file():
+            continue
+        text = f.read_text(encoding="utf-8")
+        jinja = text if name.endswith(".jinja") else json.loads(text).get("chat_template")
+        if isinstance(jinja, list):  # several named templates
+            jinja = next((t.get("template") for t in jinja if t.get("name") == "default"), None)
+        if jinja:
+            tcfg = json.loads((path / "tokenizer_config.json").read_text()) if (path / "tokenizer_config.json").is_file() else {}
+            tok_str = lambda v: v.get("content") if isinstance(v, dict) else v
+            return identify_chat_template(jinja, tok_str(tcfg.get("bos_token")), tok_str(tcfg.get("eos_token"))) or \
+                "its own (none of the supported ones: pass --template)"
+    return None
+
+
 def describe_hf(path: Path, cfg: dict) -> list[tuple[str, str]]:
     from .original_layout import _tokenizer_kind
 
@@ -113,7 +133,7 @@ def describe_hf(path: Path, cfg: dict) -> list[tuple[str, str]]:
                          f"patch {v.get('patch_size')}, image {v.get('image_size')}, feature layer "
                          f"{cfg.get('vision_feature_layer')}, {cfg.get('vision_feature_select_strategy')}"),
         ("tokenizer", _tokenizer_kind(path)),
-        ("template", orig.get("template") or ("chatml" if tx.get("model_type") == "qwen2" else "vicuna_v1")),
+        ("template", orig.get("template") or _own_template(path) or text_family(tx.get("model_type", "llama")).template),
         ("image packing", packing),
         ("video packing", f"{vid['pool_mode']} {vid['pool_stride']}x{vid['pool_stride']}, newline "
                           f"{vid['newline_position']}" + (" (from the original checkpoint)" if orig.get("video") else "")),

@@ -71,19 +71,40 @@ SUPPORTED_ARCHS = tuple(FAMILIES)
 @dataclass(frozen=True)
 class TextFamily:
     """The LLM inside a LLaVA checkpoint, by its ``text_config.model_type``: the llama.cpp architecture it is
-    written as, and whether q / k rows are permuted from HF's rotate-half layout to llama.cpp's interleaved
-    pairs (what llama.cpp's own converter does for ``llama``; ``qwen2`` uses NEOX rotary, no permutation).
-    Tensor names come from gguf-py's ``TensorNameMap`` for ``gguf_arch``; the default chat template from
-    ``prompting.FAMILY_TEMPLATES``."""
+    written as, whether q / k rows are permuted from HF's rotate-half layout to llama.cpp's interleaved pairs
+    (what llama.cpp's own converter does for ``llama``; ``qwen2`` uses NEOX rotary, no permutation), the chat
+    template when the checkpoint has none of its own (``template``: HF checkpoints; ``repo_template``: the
+    LLaVA-NeXT ``conv_templates`` name its original-layout checkpoints are evaluated with), and where the
+    family's attention window is configured (``gguf_arch`` has none: the GGUF's context is capped to it).
+    Tensor names come from gguf-py's ``TensorNameMap`` for ``gguf_arch``."""
 
     model_type: str
     gguf_arch: str
     rotary_permute: bool
+    template: str
+    repo_template: str
+    sliding_window_key: str | None = None  # the config key of an attention window (caps the GGUF context)
+
+    def context_length(self, cfg) -> int:
+        """The context the GGUF may claim: ``max_position_embeddings``, or the attention window when one applies
+        and is shorter (within its window, windowed attention is full attention; llama.cpp's ``gguf_arch`` has
+        no window, so the context is capped there instead)."""
+        get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
+        n = int(get("max_position_embeddings") or 0)
+        if self.sliding_window_key is None or (self.model_type == "qwen2" and not get("use_sliding_window", False)):
+            return n
+        window = get(self.sliding_window_key)
+        return min(n, int(window)) if window else n
 
 
 TEXT_FAMILIES: dict[str, TextFamily] = {f.model_type: f for f in (
-    TextFamily("llama", "llama", rotary_permute=True),  # Llama, Vicuna; Mistral is converted to llama
-    TextFamily("qwen2", "qwen2", rotary_permute=False),
+    TextFamily("llama", "llama", rotary_permute=True, template="vicuna_v1", repo_template="vicuna_v1"),
+    # Mistral is Llama with an optional attention window; llama.cpp's converter writes it as llama
+    TextFamily("mistral", "llama", rotary_permute=True, template="mistral_instruct",
+               repo_template="mistral_instruct", sliding_window_key="sliding_window"),
+    # LLaVA-NeXT's qwen_1_5 is ChatML with the default system prompt: it renders exactly like chatml
+    TextFamily("qwen2", "qwen2", rotary_permute=False, template="chatml", repo_template="qwen_1_5",
+               sliding_window_key="sliding_window"),
 )}
 SUPPORTED_LLMS = tuple(TEXT_FAMILIES)
 
@@ -113,6 +134,14 @@ def detect(cfg: dict, where: str = "config.json") -> Family:
     if mt in FAMILIES:
         return FAMILIES[mt]
     raise InstitError(f"unsupported architecture {mt!r} in {where}; supported: {', '.join(SUPPORTED_ARCHS)}")
+
+
+def chat_template_for(model, processor, override: str | None = None) -> str:
+    """The chat template a loaded model is prompted with (and its bundle records): ``override``, else the
+    checkpoint's own ``chat_template``, else its LLM family's default."""
+    from ..prompting import pick_template
+
+    return pick_template(processor, text_family(model.config.text_config.model_type).template, override)
 
 
 def family_of(config) -> Family:

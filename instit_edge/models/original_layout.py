@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..bundle import POOL_MODES, VIDEO_NEWLINE_POSITIONS
 from ..errors import InstitError
+from .families import text_family
 
 ORIGINAL_ARCHS = {
     "LlavaLlamaForCausalLM": "llama",
@@ -41,7 +42,6 @@ PROJECTORS = ("linear", "mlp2x_gelu")
 ASPECT_RATIOS = ("pad", "anyres", "anyres_max_N")
 NEWLINE_POSITIONS = VIDEO_NEWLINE_POSITIONS
 MERGE_TYPES = ("flat", "spatial_unpad")
-TEMPLATES = {"llama": "vicuna_v1", "mistral": "mistral_instruct", "qwen2": "qwen_1_5"}
 # Inst-IT's eval (inst-it/inst-it inst-it-bench/inference_video.py) overrides these for video
 INSTIT_VIDEO_OVERRIDES = {"mm_spatial_pool_stride": 2, "mm_spatial_pool_mode": "bilinear",
                           "mm_newline_position": "no_token"}
@@ -517,7 +517,7 @@ def inspect_original(path: str | Path, cfg: dict | None = None, vision_tower=Non
         path=p, cfg=cfg, arch=arch, llm=llm, tower=tower, projector=projector, aspect=aspect,
         anyres_max=anyres_max, pinpoints=pinpoints, merge_type=merge,
         select_layer=-1 if tower.kind == "siglip" else sel, select_feature=feature, video=video,
-        video_config=video_config, instit=instit, tokenizer_kind=_tokenizer_kind(p), template=TEMPLATES[llm],
+        video_config=video_config, instit=instit, tokenizer_kind=_tokenizer_kind(p), template=text_family(llm).repo_template,
         shapes=shapes)
 
 

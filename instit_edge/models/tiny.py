@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InstitError
+from .families import text_family
 
 ARCHS = ("llava", "llava-next", "llava-onevision")
-LLMS = ("llama", "qwen2")
+LLMS = ("llama", "mistral", "qwen2")  # text_config.model_type; each an entry of families.TEXT_FAMILIES
 VISIONS = ("clip", "siglip")
 
 VICUNA_TEMPLATE = (
@@ -192,7 +193,7 @@ def build_real_tokenizer(spec: TinySpec, out_dir: Path):
     hf.add_special_tokens({"additional_special_tokens": ["<image>"]})  # 32000 in the HF LLaVA conversions
     if hf.pad_token is None:
         hf.add_special_tokens({"pad_token": "<pad>"} if spm is not None else {"pad_token": hf.eos_token})
-    default = "vicuna_v1" if spec.llm == "llama" else "chatml"
+    default = text_family(spec.llm).template
     hf.chat_template = _JINJA[spec.chat_template or default]
     return hf
 
@@ -215,17 +216,15 @@ def build_tokenizer(spec: TinySpec, out_dir: Path):
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(spec.corpus_words) + list(spec.corpus_lines), trainer=trainer)
-    if spec.llm == "llama":
+    if spec.llm != "qwen2":  # Llama / Mistral: <s> first
         bos = tok.token_to_id("<s>")
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
         )
         kw = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
-        template = VICUNA_TEMPLATE
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
         kw = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>")
-        template = CHATML_TEMPLATE
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         model_input_names=["input_ids", "attention_mask"],
@@ -233,7 +232,7 @@ def build_tokenizer(spec: TinySpec, out_dir: Path):
         **kw,
     )
     hf.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
-    hf.chat_template = _JINJA[spec.chat_template] if spec.chat_template else template
+    hf.chat_template = _JINJA[spec.chat_template or text_family(spec.llm).template]
     return hf
 
 
@@ -267,6 +266,11 @@ def _text_config(spec: TinySpec, vocab: int, tokenizer):
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
     )
+    if spec.llm == "mistral":  # no attention window: what llama.cpp's llama architecture computes
+        from transformers import MistralConfig
+
+        return MistralConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, sliding_window=None, **common)
     if spec.llm == "llama":
         from transformers import LlamaConfig
 

@@ -34,22 +34,43 @@ def cpu_has_amx() -> bool:
     return "amx_int8" in cpu_flags()
 
 
+def build_has_amx() -> bool:
+    """True when the installed llama.cpp was compiled with its AMX kernels.
+
+    ``make setup`` builds llama-cpp-python without them on AMX CPUs
+    (``GGML_NATIVE=OFF`` with the AVX-512 family listed by hand); a build
+    compiled with ``-march=native`` on such a CPU has them. Read from
+    ``llama_print_system_info()`` (``AMX_INT8 = 1``); an unreadable build
+    counts as AMX when the CPU has it (the safe side).
+    """
+    try:
+        import llama_cpp
+
+        info = llama_cpp.llama_print_system_info()
+        info = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+    except Exception:  # noqa: BLE001 - no llama.cpp or no system info: decide by the CPU
+        return cpu_has_amx()
+    return bool(re.search(r"AMX_INT8\s*=\s*1", info))
+
+
 def weight_repacking() -> bool:
     """Whether llama.cpp may repack weights into its extra CPU buffer types (AMX, CPU_REPACK).
 
     llama.cpp's AMX matmul crashes (SIGSEGV in ``ggml_backend_amx_mul_mat``,
     upstream issue ggml-org/llama.cpp#20824, never fixed) on quantized weights,
     and a llama-cpp-python build compiled with ``-march=native`` on an AMX CPU
-    always includes it. So repacking is off on AMX CPUs (seen here: a Q8_0
-    decode crashed the process) and on elsewhere. ``INSTIT_LLAMA_REPACK=1|0``
-    overrides.
+    always includes it. So repacking is off when the build has the AMX kernels
+    and the CPU runs them (seen here: a Q8_0 decode crashed the process), and on
+    otherwise: ``make setup``'s build on AMX CPUs leaves AMX out, so the
+    CPU_REPACK layouts (Q4_0 / IQ4_NL / Q8_0 interleaved) stay usable.
+    ``INSTIT_LLAMA_REPACK=1|0`` overrides.
     """
     import os
 
     env = os.environ.get("INSTIT_LLAMA_REPACK")
     if env in ("0", "1"):
         return env == "1"
-    return not cpu_has_amx()
+    return not (cpu_has_amx() and build_has_amx())
 
 
 def load_llama(path, **kwargs):

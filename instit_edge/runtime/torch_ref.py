@@ -31,12 +31,11 @@ class TorchSession:
 
     @classmethod
     def load(cls, checkpoint: str, device: str = "cpu", dtype: str = "float32") -> "TorchSession":
-        from ..models.families import preprocess_for
+        from ..models.families import chat_template_for, preprocess_for
         from ..models.loading import load_model
-        from ..prompting import pick_template
 
         model, processor = load_model(checkpoint, dtype=dtype, device=device)
-        template = pick_template(processor, model.config.text_config.model_type)
+        template = chat_template_for(model, processor)
         video = preprocess_for(model, processor)["video"]
         return cls(model, processor, template, video, device, {})
 

@@ -145,8 +145,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     from accelerate import Accelerator
 
     from ..data.dataset import load_instit_dataset
+    from ..models.families import chat_template_for
     from ..models.loading import load_model
-    from ..prompting import FAMILY_TEMPLATES
     from .encode import MediaEncoder, build_batch, encode_text
     from .instructions import general_samples, instit_samples, mix
 
@@ -166,7 +166,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                       mixed_precision="bf16" if torch.cuda.is_available() else "no", cpu=not torch.cuda.is_available(),
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     model, processor = load_model(cfg.base)
-    template = FAMILY_TEMPLATES[model.config.text_config.model_type]
+    template = chat_template_for(model, processor)  # the template its bundle will record
     records = load_instit_dataset(cfg.instit)
     samples = instit_samples(records, cfg.max_frame_samples, cfg.seed)
     if cfg.general:
