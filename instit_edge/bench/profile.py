@@ -71,14 +71,12 @@ def kind_of(dso: str, symbol: str) -> str:
 def group(rows: list[dict], top: int = 12) -> dict:
     """Shares per kind of work (sum 100 over the sampled rows) and the top symbols."""
     total = sum(r["share"] for r in rows) or 1.0
+    rows = [{**r, "share": r["share"] * 100.0 / total, "kind": kind_of(r["dso"], r["symbol"])} for r in rows]
     kinds: dict[str, float] = {}
     for r in rows:
-        k = kind_of(r["dso"], r["symbol"])
-        kinds[k] = kinds.get(k, 0.0) + r["share"] * 100.0 / total
-    ordered = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
-    tops = [{**r, "share": r["share"] * 100.0 / total, "kind": kind_of(r["dso"], r["symbol"])}
-            for r in sorted(rows, key=lambda r: -r["share"])[:top]]
-    return {"kinds": ordered, "top": tops}
+        kinds[r["kind"]] = kinds.get(r["kind"], 0.0) + r["share"]
+    return {"kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+            "top": sorted(rows, key=lambda r: -r["share"])[:top]}
 
 
 def report(perf: str, data: Path) -> dict:
