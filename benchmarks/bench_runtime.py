@@ -3,8 +3,8 @@
     python benchmarks/bench_runtime.py --out out/bench            # standard set (edge preset, 2 threads)
     python benchmarks/bench_runtime.py --out out/bench-quick --quick   # CI: tiny preset, one repetition
 
-The standard set builds the ``edge`` preset once (checkpoint, bundle with f16 / q8_0 / q4_k_m / gptq LLMs
-and fp32 / int8 vision, cached under OUT/models), then measures every configuration in a fresh process:
+The standard set builds the ``edge`` preset once (checkpoint, bundle with f16 / bf16 / q8_0 / q4_0 /
+q4_k_m / gptq LLMs and fp32 / int8 vision, cached under OUT/models), then measures every configuration in a fresh process:
 the bundle runtime per LLM variant, transformers fp32 (eager, sdpa), ONNX vision vs libmtmd, the marker
 and the memory roofline. It writes OUT/results.json, OUT/report.md and OUT/*.png and prints the report.
 Same as ``instit-edge bench edge --out OUT``; see :mod:`instit_edge.bench`.
@@ -24,7 +24,7 @@ from instit_edge.bench.runner import BenchConfig, run_benchmark
 from instit_edge.errors import InstitError
 from instit_edge.system import split_csv
 
-STANDARD = {"target": "edge", "variants": "f16,q8_0,q4_k_m,gptq", "vision": "fp32,int8", "reps": 3, "warmup": 1,
+STANDARD = {"target": "edge", "variants": "f16,bf16,q8_0,q4_0,q4_k_m,gptq", "vision": "fp32,int8", "reps": 3, "warmup": 1,
             "new_tokens": 64, "baseline_reps": 2}
 QUICK = {"target": "tiny", "variants": "f16,q4_k_m", "vision": "fp32,int8", "reps": 1, "warmup": 0,
          "new_tokens": 16, "baseline_reps": 1}

@@ -166,3 +166,36 @@ def test_noisy_machine_is_detected_not_reported():
     assert any("load average" in r for r in noise_reasons(loaded))
     spread = {**quiet, "runs": [{"llm": "q4_k_m", "vision": "int8", "reps": [{"total_s": 1.0}, {"total_s": 1.5}]}]}
     assert any("q4_k_m/int8" in r and "spread" in r for r in noise_reasons(spread))
+
+
+def test_stripped_addresses_are_read_from_their_instructions():
+    """llama-cpp-python's libraries are stripped: an address inside a GEMM loop is a matmul kernel by its
+    dot-product instructions, not "other ggml ops" by its library; unreadable code is said to be unresolved."""
+    import shutil
+
+    from instit_edge.bench import profile
+
+    libdirs = profile._llama_libdirs()
+    lib = next((d / "libggml-cpu.so" for d in libdirs if (d / "libggml-cpu.so").is_file()), None)
+    if lib is None or shutil.which("objdump") is None:
+        pytest.skip("needs llama-cpp-python's libggml-cpu.so and binutils' objdump")
+    import subprocess
+
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True).stdout
+    gemm = None
+    for line in dis.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 2 or not parts[0].strip().endswith(":") or not parts[1].split():
+            continue
+        addr, op = int(parts[0].strip()[:-1], 16), parts[1].split()[0]
+        if profile._MATMUL_INSNS.match(op):
+            gemm = addr
+            break
+    assert gemm is not None, "no dot-product / FMA instruction in libggml-cpu: the build lost its SIMD kernels"
+    rows = [{"share": 60.0, "dso": lib.name, "symbol": f"0x{gemm:016x}"},
+            {"share": 30.0, "dso": lib.name, "symbol": "0x00000000ffffffff"},  # outside the library's code
+            {"share": 10.0, "dso": lib.name, "symbol": "ggml_compute_forward_rms_norm_f32"}]
+    g = profile.group(profile.read_stripped(rows, libdirs))
+    assert g["kinds"][profile.MATMUL] == pytest.approx(60.0)
+    assert g["kinds"][profile.STRIPPED] == pytest.approx(30.0)
+    assert g["top"][0]["note"].startswith("no symbol; ")

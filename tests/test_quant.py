@@ -122,14 +122,16 @@ def test_bad_quant_requests(bundles, tmp_path):
 
 
 def test_auto_variant_by_device_class_and_memory_budget(qbundle):
-    """--llm auto: bf16 first on AVX512-BF16 / AMX CPUs, q8_0 on AVX-512, 4-bit on AVX2; a variant over the
-    memory budget is skipped; int8 vision on CPUs."""
+    """--llm auto: bf16 first on AVX512-BF16 CPUs, q4_0 on AMX Xeons, q8_0 on AVX-512, 4-bit on AVX2; a variant
+    over the memory budget is skipped; int8 vision on CPUs."""
     from instit_edge.bundle import Bundle
     from instit_edge.runtime.auto import choose, device_class
     from instit_edge.runtime.session import EdgeSession
 
     b = Bundle.load(qbundle[0], verify=False)
     assert device_class(flags={"avx2", "avx512f", "avx512_bf16"}) == "bf16"
+    assert device_class(flags={"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"}) == "amx"
+    assert choose(b, "llm", cls="amx", memory_budget=1 << 40)[0] == "q8_0"  # no q4_0 in this bundle
     assert device_class(flags={"avx2", "avx512f"}) == "avx512"
     assert device_class(flags={"avx2"}) == "avx2" and device_class(flags=set()) == "other"
     assert choose(b, "llm", cls="bf16", memory_budget=1 << 40)[0] == "bf16"

@@ -23,7 +23,7 @@ def register(app: typer.Typer, console, out) -> None:
     def bench(
         target: str = typer.Argument(..., help="A bundle directory, or a preset (tiny, edge) to build under OUT/models."),
         out_dir: Path = typer.Option(..., "--out", help="Directory for results.json, report.md and the plots."),  # noqa: B008
-        variants: str = typer.Option("f16,q8_0,q4_k_m,gptq", "--variants", help="LLM variants to measure."),
+        variants: str = typer.Option("f16,bf16,q8_0,q4_0,q4_k_m,gptq", "--variants", help="LLM variants to measure."),
         vision: str = typer.Option("fp32,int8", "--vision", help="Vision variants (the first pairs with every LLM)."),
         threads: int = typer.Option(2, "--threads", help="CPU threads for every backend."),
         reps: int = typer.Option(3, "--reps", help="Measured repetitions per configuration."),

@@ -117,7 +117,8 @@ def render_markdown(res: dict) -> str:
         L.append("\n| symbol | library | kind | share |")
         L.append("|---|---|---|---|")
         for t in prof.get("top", []):
-            L.append(f"| `{t['symbol'][:70]}` | {t['dso']} | {t['kind']} | {t['share']:.1f}% |")
+            note = f" ({t['note']})" if t.get("note") else ""
+            L.append(f"| `{t['symbol'][:70]}`{note} | {t['dso']} | {t['kind']} | {t['share']:.1f}% |")
 
     roof = res.get("roofline", {})
     L.append("\n## Roofline (decode is bound by the weight bytes read per token)\n")

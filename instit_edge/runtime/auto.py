@@ -5,11 +5,15 @@ DESIGN.md section 8; time to answer of an image question is mostly prefill, whic
 
 - ``gpu`` (llama.cpp GPU build and layers offloaded): f16 first, the GPU has the FLOPs and the memory
   bandwidth; quantized after.
-- ``bf16`` (AVX512-BF16: Zen 4): bf16 first. llama.cpp runs BF16 weights on the bf16 units: prefill 318
-  tok/s against 205 (f16) and 208-241 (q8_0, q4_k_m) on the edge preset, 2 Zen 4 threads. Then q8_0.
-  On AMX CPUs the runtime turns llama.cpp's weight repacking off (see ``llm_llamacpp.weight_repacking``)
-  and bf16 loses its edge (measured on a 2-core Xeon: prefill 193 tok/s vs 206 for q8_0 / q4_k_m, decode
-  26 vs 31-32), so such a CPU counts as ``avx512``.
+- ``amx`` (Intel Xeons with AMX; llama-cpp-python built without its AMX kernels, as ``make setup`` does
+  there): q4_0 first. Measured on the edge preset, 2 threads, one bench run on 2026-12-01 (its report was
+  lost with that session's machine; the figures are from its notes, README device table): prefill q4_0 120
+  tok/s against 79-91 for f16 / bf16 / q8_0 / q4_k_m, decode 35.5 against 17-27. With the native AMX build, repacking is off (``llm_llamacpp.weight_repacking``) and q4_0
+  was still no slower than q8_0 (269 / 45.5 tok/s with repacking against 200 / 36.8 without, measured
+  2026-11-30). Then q8_0, the k-quants, bf16.
+- ``bf16`` (AVX512-BF16 without AMX: Zen 4): bf16 first. llama.cpp runs BF16 weights on the bf16 units:
+  prefill 318 tok/s against 205 (f16) and 208-241 (q8_0, q4_k_m) on the edge preset, 2 Zen 4 threads. Then
+  q8_0.
 - ``avx512`` (AVX-512 without BF16): q8_0, then the 4-bit types.
 - ``avx2`` (most laptops) and ``other`` (e.g. ARM / Jetson CPU): q4_0 first (llama.cpp repacks it for its
   fastest CPU kernels; decode 109 tok/s vs 65-71 for q4_k_m), then q4_k_m, iq4_xs, q8_0.
@@ -26,6 +30,7 @@ from ..system import available_memory, cpu_flags
 
 LLM_PREFERENCE = {
     "gpu": ("f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "iq4_xs", "q4_0", "gptq", "f32"),
+    "amx": ("q4_0", "q8_0", "q4_k_m", "iq4_xs", "q5_k_m", "q6_k", "bf16", "gptq", "f16", "f32"),
     "bf16": ("bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "iq4_xs", "gptq", "f16", "f32"),
     "avx512": ("q8_0", "q4_0", "q4_k_m", "iq4_xs", "q5_k_m", "q6_k", "gptq", "bf16", "f16", "f32"),
     "avx2": ("q4_0", "q4_k_m", "iq4_xs", "q5_k_m", "q8_0", "q6_k", "gptq", "f16", "bf16", "f32"),
@@ -38,7 +43,7 @@ VISION_PREFERENCE = {
 
 
 def device_class(n_gpu_layers: int = 0, flags: set[str] | None = None) -> str:
-    """``gpu`` | ``bf16`` | ``avx512`` | ``avx2`` | ``other``."""
+    """``gpu`` | ``amx`` | ``bf16`` | ``avx512`` | ``avx2`` | ``other``."""
     if n_gpu_layers:
         try:
             import llama_cpp
@@ -47,14 +52,10 @@ def device_class(n_gpu_layers: int = 0, flags: set[str] | None = None) -> str:
                 return "gpu"
         except Exception:  # noqa: BLE001 - no llama.cpp: a CPU class
             pass
-    measured = flags is None
     flags = cpu_flags() if flags is None else flags
-    if "avx512_bf16" in flags or "amx_bf16" in flags:
-        if measured:
-            from .llm_llamacpp import weight_repacking
-
-            if not weight_repacking():  # AMX workaround: measured here, bf16 prefill 193 tok/s vs q8_0 206
-                return "avx512"
+    if "amx_tile" in flags or "amx_int8" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
         return "bf16"
     if "avx512f" in flags:
         return "avx512"
