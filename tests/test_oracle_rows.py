@@ -253,3 +253,82 @@ def test_code_rows_stage_keeps_the_code_and_trains_the_llm(world):
     assert all(torch.equal(before[k], after[k]) for k in after
                if k.startswith(("model.vision_tower.", "model.multi_modal_projector.linear_1.")))
     assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("model.language_model."))
+
+
+def test_lookup_heads_point_at_the_id_the_answer_and_the_instance_patches(world, model_and_processor):
+    """train/lookup_heads.py: on the world's official MC prompts and short lookups, the supervised positions
+    are the ID's token, the token before the answer, and the patches the instance's mask covers (checked
+    against the mask itself); questions naming no single instance are left alone."""
+    import json
+
+    from PIL import Image
+
+    from instit_edge.train.default_model import bench_samples, lookup_samples
+    from instit_edge.train.encode import encode_text
+    from instit_edge.train.lookup_heads import _ONE_ID, InstanceRows, lookup_positions
+
+    tok = model_and_processor[1].tokenizer
+    rows = InstanceRows(world, 8)
+    gt = json.loads((world / "ground_truth.json").read_text())
+    masks = {str((world / e["image_path"]).resolve()): world / e["mask_path"]
+             for part in ("dataset", "bench") for e in gt[part]["images"].values()}
+    samples = [s for s in bench_samples(world, text_letter=True) if s.kind == "image-mc"] + lookup_samples(world)[:60]
+    seen = skipped = 0
+    for s in samples:
+        e = encode_text(s, tok, "vicuna_v1")
+        p = lookup_positions(s, e.input_ids, tok, "vicuna_v1", rows)
+        q, a = s.turns[0]
+        named = "color of [" in q or "shape of [" in q or "Where is [" in q
+        if p is None:
+            assert not named or not rows.masks, q
+            skipped += 1
+            continue
+        seen += 1
+        mk = _ONE_ID.search(q)
+        k = mk.group(1) or mk.group(2)
+        assert tok.decode([e.input_ids[p.id_token]]).strip().startswith(k[0])
+        assert a.startswith(tok.decode([e.input_ids[p.answer_pred + 1]]).strip())  # it predicts the answer
+        assert e.input_ids[p.image_pos] == tok.convert_tokens_to_ids("<image>")
+        m = np.asarray(Image.open(masks[str(Path(s.image).resolve())]))
+        for r in p.rows:  # every supervised patch is at least a quarter the instance
+            patch = m[(r // 8) * 16:(r // 8 + 1) * 16, (r % 8) * 16:(r % 8 + 1) * 16]
+            assert (patch == int(k)).mean() >= 0.25 or len(p.rows) == 1
+    assert seen > 50 and skipped > 0  # extreme / relation / count questions name no single instance
+
+
+def test_lookup_head_loss_trains_the_heads_to_attend_where_told(rng):
+    """The two attention terms train a 4-layer Llama's heads onto the ID token and the instance's rows."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from instit_edge.train.lookup_heads import HP, HQ, LP, LQ, LookupPositions, lookup_head_loss
+
+    torch.manual_seed(int(rng.integers(1000)))
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                         num_attention_heads=2, num_key_value_heads=2, attn_implementation="eager"))
+    n_rows, image_pos = 16, 3
+    ids = torch.tensor(rng.integers(5, 64, 30))
+    emb = model.get_input_embeddings()
+    target = sorted(rng.choice(n_rows, 3, replace=False).tolist())
+    p = LookupPositions(id_token=20, answer_pred=28, image_pos=image_pos, rows=target)
+    shift = n_rows - 1
+    img = torch.randn(n_rows, 64) * 0.1
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        x = emb(ids)
+        x = torch.cat([x[:image_pos], img, x[image_pos + 1:]])[None]
+        out = model(inputs_embeds=x, output_attentions=True)
+        loss = lookup_head_loss(out, [p], [shift])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert np.isfinite(losses).all() and losses[-1] < 0.3 * losses[0]
+    with torch.no_grad():
+        x = torch.cat([emb(ids)[:image_pos], img, emb(ids)[image_pos + 1:]])[None]
+        out = model(inputs_embeds=x, output_attentions=True)
+    q = p.answer_pred + shift
+    assert float(out.attentions[LQ][0, HQ, q, p.id_token + shift]) > 0.5
+    assert float(out.attentions[LP][0, HP, q, [image_pos + r for r in target]].sum()) > 0.5
+    assert lookup_head_loss(out, [None], [0]) is None

@@ -476,7 +476,7 @@ class TiedCodeRows(FrozenVisionRows):
 
 def _mc_letter_accuracy(model, rows, samples, encoded, tok, batch: int = 16) -> float:
     """Share of MC samples whose answer letter is the most likely of A-D where it is predicted (teacher forcing;
-    for ``<option text> <letter>`` answers, the letter given the right text)."""
+    for ``<option text> <letter>`` answers, the letter *given the right text*: see :func:`_mc_choice_accuracy`)."""
     import torch
 
     from .encode import IGNORE, build_batch
@@ -501,11 +501,51 @@ def _mc_letter_accuracy(model, rows, samples, encoded, tok, batch: int = 16) -> 
     return right / max(n, 1)
 
 
+def _mc_choice_accuracy(model, rows, samples, tok, batch: int = 16) -> float | None:
+    """Share of ``<option text> <letter>`` MC samples whose right answer is the most likely of the four
+    (each option's whole answer scored by its summed log-probability, teacher forced): the model's choice.
+
+    The letter probe alone misled a whole run (0.80 given the right text while the bench scored 27.5: the
+    text was wrong), and a first-token probe is blind where options share it (``[1]`` / ``[3]``)."""
+    import torch
+
+    from .encode import IGNORE, build_batch, encode_text
+    from .instructions import Sample
+    from .letter_heads import _OPTION, letter_answer
+
+    cands, owner, truth = [], [], {}
+    for j, smp in enumerate(samples):
+        user, ans = smp.turns[0]
+        opts = dict(_OPTION.findall(user + "\n"))
+        if len(opts) != 4 or ans not in {letter_answer(v, k) for k, v in opts.items()}:
+            continue
+        for k, v in opts.items():
+            c = Sample([(user, letter_answer(v, k))], image=smp.image, frames=smp.frames, kind=smp.kind)
+            cands.append(c)
+            owner.append((j, k))
+        truth[j] = ans[-1]
+    if not truth:
+        return None
+    enc = [encode_text(c, tok, "vicuna_v1") for c in cands]
+    score = {}
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for i in range(0, len(cands), batch):
+            embeds, mask, labels = build_batch(model, rows, cands[i:i + batch], enc[i:i + batch])
+            logp = torch.log_softmax(model(inputs_embeds=embeds, attention_mask=mask).logits.float(), -1)
+            for b in range(len(embeds)):
+                at = (labels[b] != IGNORE).nonzero()[:, 0]
+                score[owner[i + b]] = float(logp[b, at - 1, labels[b, at]].sum())
+    model.train()
+    right = sum(max("ABCD", key=lambda k: score.get((j, k), -1e30)) == t for j, t in truth.items())
+    return right / len(truth)
+
+
 def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: int = 8, dense_frac: float = 0.3,
               dense_floor: float = 0.0,
               state_path: Path | None = None, save_every: int = 100, held: list | None = None, eval_every: int = 200,
               log=print, deadline: float | None = None, rows=None, freeze_code: bool = False,
-              whole_batches: bool = False, letter_heads: bool = False) -> dict:
+              whole_batches: bool = False, letter_heads: bool = False, lookup_heads=None) -> dict:
     """Train projector + LLM; resumes from ``state_path`` and writes it every ``save_every`` steps.
 
     ``rows`` gives the image rows of a sample (default: the frozen vision tower
@@ -514,7 +554,9 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
     the projector's first layer (the code of :func:`pretrain_codes`) fixed.
     ``whole_batches`` draws the source (``dense`` or ``qa``) once per batch instead of per sample.
     ``letter_heads`` adds the supervision of :mod:`instit_edge.train.letter_heads` on the MC samples answered
-    ``<option text> <letter>`` (eager attention while training, so the attention weights are returned).
+    ``<option text> <letter>`` (eager attention while training, so the attention weights are returned);
+    ``lookup_heads`` (an :class:`~instit_edge.train.lookup_heads.InstanceRows` of the samples' world) adds
+    that of :mod:`instit_edge.train.lookup_heads` on image questions naming one instance (implies eager).
     """
     import torch
 
@@ -536,11 +578,13 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
     enc_h = [encode_text(s, tok, "vicuna_v1") for s in held]
     rows = rows or FrozenVisionRows(model, processor)
     lm = model.model.language_model
-    if letter_heads:
+    attend = letter_heads or lookup_heads is not None
+    if attend:
         from .letter_heads import letter_head_loss, letter_positions
+        from .lookup_heads import lookup_head_loss, lookup_positions
 
         letter_ids = {x: tok.encode(" " + x, add_special_tokens=False)[-1] for x in "ABCD"}
-        where = {}  # sample id -> LetterPositions or None
+        where, looks = {}, {}  # sample id -> LetterPositions / LookupPositions or None
         attn_impl = lm.config._attn_implementation
         lm.config._attn_implementation = "eager"
     params = [p for p in model.parameters() if p.requires_grad]
@@ -584,17 +628,21 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
         with torch.autocast("cpu", dtype=torch.bfloat16):
             embeds, mask, labels = build_batch(model, rows, [c[0] for c in chosen], [c[1] for c in chosen])
             out = model(inputs_embeds=embeds, attention_mask=mask, labels=labels,
-                        output_attentions=letter_heads, output_hidden_states=letter_heads)
+                        output_attentions=attend, output_hidden_states=attend)
             loss = out.loss
-            if letter_heads:
-                pos, shifts = [], []
+            if attend:
+                pos, lpos, shifts = [], [], []
                 for b, (smp, e) in enumerate(chosen):
-                    if id(smp) not in where:
+                    if letter_heads and id(smp) not in where:
                         where[id(smp)] = letter_positions(smp, e.input_ids, tok, "vicuna_v1")
-                    pos.append(where[id(smp)])
+                    if lookup_heads is not None and id(smp) not in looks:
+                        looks[id(smp)] = lookup_positions(smp, e.input_ids, tok, "vicuna_v1", lookup_heads)
+                    pos.append(where.get(id(smp)))
+                    lpos.append(looks.get(id(smp)))
                     shifts.append(int(mask[b].sum()) - len(e.input_ids))  # the image rows minus their placeholder
-                aux = letter_head_loss(out, pos, shifts, model.lm_head, lm.norm, letter_ids)
-                loss = loss + aux if aux is not None else loss
+                for aux in (letter_head_loss(out, pos, shifts, model.lm_head, lm.norm, letter_ids),
+                            lookup_head_loss(out, lpos, shifts)):
+                    loss = loss + aux if aux is not None else loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -607,8 +655,13 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
             log(f"vlm step {done}/{steps} loss {np.mean(losses[-50:]):.3f} ({rate:.1f} samples/s)")
         if held and (done % eval_every == 0 or done == steps):
             acc = _mc_letter_accuracy(model, rows, held, enc_h, tok)
-            curve.append({"step": done, "loss": float(np.mean(losses[-50:])), "held_mc_letter_acc": round(acc, 4)})
-            log(f"vlm step {done}: held-out MC letter accuracy {acc:.3f}")
+            choice = _mc_choice_accuracy(model, rows, held, tok)
+            point = {"step": done, "loss": float(np.mean(losses[-50:])), "held_mc_letter_acc": round(acc, 4)}
+            if choice is not None:
+                point["held_mc_choice_acc"] = round(choice, 4)
+            curve.append(point)
+            log(f"vlm step {done}: held-out MC letter accuracy {acc:.3f}"
+                + (f", choice (scored answers) {choice:.3f}" if choice is not None else ""))
         if done % save_every == 0 or done == steps:
             save(done)
         if deadline is not None and time.time() > deadline:
@@ -616,7 +669,7 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
             log(f"vlm: stopped at step {done} (time budget); rerun to continue")
             break
     model.eval()
-    if letter_heads:
+    if attend:
         lm.config._attn_implementation = attn_impl
     seconds = spent + time.perf_counter() - t0
     return {"steps": done, "target_steps": steps, "final_loss": float(np.mean(losses[-50:])) if losses else None,
@@ -643,7 +696,7 @@ def _save_stage(path: Path, obj: dict) -> None:
 
 def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos: int = 400, vision_steps: int = 800,
                   code_steps: int = 3000, lookup_steps: int = 3000, mc_steps: int = 1500, heads_steps: int = 500,
-                  vlm_steps: int = 1200,
+                  vlm_steps: int = 1200, lookup_heads_steps: int = 0,
                   batch: int = 32,
                   lr: float = 1e-3, work: str | Path | None = None, budget_minutes: float | None = None,
                   log=print) -> dict:
@@ -725,20 +778,34 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
         vlm = train_vlm(model, processor, lookups, qa_tl, vlm_steps, lr=lr, batch=batch, dense_frac=0.5,
                         dense_floor=0.25, state_path=work / "bench-state.pt", held=held_tl, log=log,
                         deadline=deadline, rows=code_rows, freeze_code=True, whole_batches=True, letter_heads=True)
+    looked = {"steps": 0, "target_steps": lookup_heads_steps, "losses": [], "curve": []}
+    if vlm["steps"] >= vlm_steps and lookup_heads_steps:
+        from .lookup_heads import InstanceRows
+
+        image_qa = [x for x in qa_tl if x.kind.startswith("image-")]
+        log(f"stage 2d: the instance lookup, supervised (train/lookup_heads.py), {len(image_qa)} image bench "
+            f"questions, 30% short lookups fading to 20%")
+        looked = train_vlm(model, processor, lookups, image_qa, lookup_heads_steps, lr=lr, batch=16, dense_frac=0.3,
+                           dense_floor=0.2,
+                           state_path=work / "lookup-heads-state.pt", held=held_tl, log=log, deadline=deadline,
+                           rows=code_rows, freeze_code=True, letter_heads=True,
+                           lookup_heads=InstanceRows(world, IMAGE // PATCH))
     init_code_readout(model, tok, layout)  # bake the tied readout into the projector for export
     complete = (lookup["steps"] >= lookup_steps and letters["steps"] >= mc_steps and heads["steps"] >= heads_steps
-                and vlm["steps"] >= vlm_steps)
+                and vlm["steps"] >= vlm_steps and looked["steps"] >= lookup_heads_steps)
     card = {"recipe": [line for line in __doc__.strip().splitlines()[:1]], "seed": seed,
             "world_seed": WORLD_SEED_OFFSET + seed, "image_size": IMAGE, "patch_size": PATCH,
             "vision": vis, "codes": codes, "lookup": {k: v for k, v in lookup.items() if k != "losses"},
             "letters": {k: v for k, v in letters.items() if k != "losses"},
             "heads": {k: v for k, v in heads.items() if k != "losses"},
             "vlm": {k: v for k, v in vlm.items() if k != "losses"},
+            "lookup_heads": {k: v for k, v in looked.items() if k != "losses"},
             "samples": {"lookups": len(lookups), "qa": len(qa), "held_out_mc": len(held)},
             "hardware": _hardware(), "torch_threads": torch.get_num_threads(), "complete": complete,
             "wall_seconds_this_run": round(time.perf_counter() - t0, 1)}
     write_json(work / "losses.json", {"lookup": lookup["losses"], "letters": letters["losses"],
-                                      "heads": heads["losses"], "vlm": vlm["losses"]})
+                                      "heads": heads["losses"], "vlm": vlm["losses"],
+                                      "lookup_heads": looked["losses"]})
     card_md = out / "README.md"  # the hand-written model card survives a retrain
     card_text = card_md.read_text(encoding="utf-8") if card_md.is_file() else None
     with atomic_dir(out, force=True) as tmp:
@@ -827,10 +894,14 @@ if __name__ == "__main__":
     ap.add_argument("--mc-steps", type=int, default=1500, help="Stage 2b: code rows, lookups bare and as MC.")
     ap.add_argument("--heads-steps", type=int, default=500, help="Stage 2b+: the MC letter step, supervised.")
     ap.add_argument("--vlm-steps", type=int, default=1200, help="Stage 2c: code rows, lookups + bench questions.")
+    ap.add_argument("--lookup-heads-steps", type=int, default=0,
+                    help="Stage 2d (experiment, off: 1,500 steps left the MC choice at 0.30): image questions with "
+                         "the instance lookup supervised.")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--budget-minutes", type=float, default=None, help="Stop (resumably) after this long.")
     a = ap.parse_args()
     card = build_default(a.out, a.seed, a.images, a.videos, a.vision_steps, a.code_steps, a.lookup_steps,
-                         a.mc_steps, a.heads_steps, a.vlm_steps, a.batch, a.lr, a.work, a.budget_minutes)
+                         a.mc_steps, a.heads_steps, a.vlm_steps, a.lookup_heads_steps, a.batch, a.lr, a.work,
+                         a.budget_minutes)
     print(json.dumps({k: v for k, v in card.items() if k != "vlm"}, indent=2, default=str))
