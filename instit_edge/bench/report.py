@@ -37,7 +37,8 @@ def render_markdown(res: dict) -> str:
              f"{cfg['threads']} threads; {cfg['warmup']} warm-up + {cfg['reps']} reps "
              f"(baseline {cfg.get('baseline_reps') or cfg['reps']}), each configuration in a fresh process")
     L.append(f"- load average at start / end: {m.get('loadavg_start')} / {m.get('loadavg_end')} "
-             "(the machine is shared: timings are noisy)")
+             + ("(noisy: see below)" if res.get("noisy") else
+                "(1-minute load at the start within 0.5 per core; the end includes the benchmark's own 2 threads)"))
     L.append("- cells: median ±half the range over the repetitions; TTFT and total include vision\n")
     if res.get("noisy"):
         L.append("**NOISY RUN: these figures are not measurements** (targets marked NOISY): "
@@ -147,10 +148,16 @@ def render_markdown(res: dict) -> str:
         L.append("| LLM | prefill tok/s | prefill GFLOP/s | of fp32 peak | of bf16 peak | of int8 peak |")
         L.append("|---|---|---|---|---|---|")
         for v, e in roof.get("variants", {}).items():
-            cells = [f"{e[f'prefill_fraction_{k}']:.0%}" if e.get(f"prefill_fraction_{k}") else "-"
+            cells = ["n/a" if k != "fp32" and (peaks.get(k) or 0) < (peaks.get("fp32") or 0)
+                     else f"{e[f'prefill_fraction_{k}']:.0%}" if e.get(f"prefill_fraction_{k}") else "-"
                      for k in ("fp32", "bf16", "int8")]
             L.append(f"| {v}{' (auto)' if v == res.get('auto_llm') else ''} | {e.get('prefill_tok_s') or 0:.0f} | "
                      f"{e.get('prefill_gflop_s') or 0:.0f} | " + " | ".join(cells) + " |")
+        slow = [k for k in ("bf16", "int8") if peaks.get(k) and peaks.get("fp32") and peaks[k] < peaks["fp32"]]
+        if slow:
+            L.append(f"\nn/a: torch's {' and '.join(slow)} GEMM ran slower than fp32 here (no such units on this CPU, "
+                     "a fallback path), so a fraction of it means nothing; the prefill target is held to the "
+                     f"{roof.get('compute_reference', 'fp32')} peak.")
         L.append("\nPrefill FLOPs per prompt token: 2 x the weights it multiplies (`output.weight` included, the "
                  "attention's context-dependent part not counted, so the fractions are slight underestimates).")
 
