@@ -161,13 +161,6 @@ def analyse(res: dict, b, variants: list, cfg: BenchConfig) -> None:
                 add(f"{deploy} + {run['vision']} vision peak RSS ratio vs transformers {base['llm']}",
                     run.get("rss_ratio_vs_baseline"), TARGETS["rss_ratio"], False,
                     f"{run['rss']['peak_mb']:.0f} MB vs {base['rss']['peak_mb']:.0f} MB")
-    for run in runs:
-        if run["kind"] == "bundle" and run["llm"] == deploy and run.get("prefetched_stats"):
-            ps = run["prefetched_stats"]
-            add(f"{deploy} + {run['vision']} vision time to first token about a prefetched frame (s)",
-                ps["ttft_s"]["median"], TARGETS["prefetch_ttft_s"], False,
-                f"{ps['reused']['median']:.0f} of {ps['prompt_tokens']['median']:.0f} prompt tokens prefetched "
-                f"in {ps['prefetch_s']['median']:.2f} s")
     for v, e in roof.items():
         add(f"{v} decode fraction of the bandwidth bound", e.get("fraction"), TARGETS["roofline"], True,
             f"{e['decode_tok_s'] or 0:.1f} tok/s of {e.get('bound_tok_s', 0):.1f} bound"
@@ -189,11 +182,12 @@ def analyse(res: dict, b, variants: list, cfg: BenchConfig) -> None:
             TARGETS["prefill_compute"], True,
             f"{e['prefill_gflop_s']:.0f} of {peaks[ref]:.0f} GFLOP/s" if e.get("prefill_gflop_s") and peaks[ref]
             else "")
-    if auto != deploy:  # the prefetch target for the variant --llm auto loads, too
+    # prefetched-frame TTFT for the deploy variant and, where it differs, the one --llm auto loads
+    for v, label in ((deploy, deploy), (auto, f"{auto} (auto)")) if auto != deploy else ((deploy, deploy),):
         for run in runs:
-            if run["kind"] == "bundle" and run["llm"] == auto and run.get("prefetched_stats"):
+            if run["kind"] == "bundle" and run["llm"] == v and run.get("prefetched_stats"):
                 ps = run["prefetched_stats"]
-                add(f"{auto} (auto) + {run['vision']} vision time to first token about a prefetched frame (s)",
+                add(f"{label} + {run['vision']} vision time to first token about a prefetched frame (s)",
                     ps["ttft_s"]["median"], TARGETS["prefetch_ttft_s"], False,
                     f"{ps['reused']['median']:.0f} of {ps['prompt_tokens']['median']:.0f} prompt tokens "
                     f"prefetched in {ps['prefetch_s']['median']:.2f} s")
