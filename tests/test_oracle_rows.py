@@ -288,6 +288,7 @@ def test_lookup_heads_point_at_the_id_the_answer_and_the_instance_patches(world,
         k = mk.group(1) or mk.group(2)
         assert tok.decode([e.input_ids[p.id_token]]).strip().startswith(k[0])
         assert a.startswith(tok.decode([e.input_ids[p.answer_pred + 1]]).strip())  # it predicts the answer
+        assert p.answer_token == (None if a.startswith("[") else e.input_ids[p.answer_pred + 1])
         assert e.input_ids[p.image_pos] == tok.convert_tokens_to_ids("<image>")
         m = np.asarray(Image.open(masks[str(Path(s.image).resolve())]))
         for r in p.rows:  # every supervised patch is at least a quarter the instance
@@ -297,7 +298,8 @@ def test_lookup_heads_point_at_the_id_the_answer_and_the_instance_patches(world,
 
 
 def test_lookup_head_loss_trains_the_heads_to_attend_where_told(rng):
-    """The two attention terms train a 4-layer Llama's heads onto the ID token and the instance's rows."""
+    """The two attention terms train a 4-layer Llama's heads onto the ID token and the instance's rows, and the
+    logit lens makes layer LP's output at the answer position read the answer's first token."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -310,7 +312,8 @@ def test_lookup_head_loss_trains_the_heads_to_attend_where_told(rng):
     ids = torch.tensor(rng.integers(5, 64, 30))
     emb = model.get_input_embeddings()
     target = sorted(rng.choice(n_rows, 3, replace=False).tolist())
-    p = LookupPositions(id_token=20, answer_pred=28, image_pos=image_pos, rows=target)
+    answer = int(rng.integers(5, 64))
+    p = LookupPositions(id_token=20, answer_pred=28, image_pos=image_pos, rows=target, answer_token=answer)
     shift = n_rows - 1
     img = torch.randn(n_rows, 64) * 0.1
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -318,8 +321,8 @@ def test_lookup_head_loss_trains_the_heads_to_attend_where_told(rng):
     for _ in range(60):
         x = emb(ids)
         x = torch.cat([x[:image_pos], img, x[image_pos + 1:]])[None]
-        out = model(inputs_embeds=x, output_attentions=True)
-        loss = lookup_head_loss(out, [p], [shift])
+        out = model(inputs_embeds=x, output_attentions=True, output_hidden_states=True)
+        loss = lookup_head_loss(out, [p], [shift], model.lm_head, model.model.norm)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -327,8 +330,10 @@ def test_lookup_head_loss_trains_the_heads_to_attend_where_told(rng):
     assert np.isfinite(losses).all() and losses[-1] < 0.3 * losses[0]
     with torch.no_grad():
         x = torch.cat([emb(ids)[:image_pos], img, emb(ids)[image_pos + 1:]])[None]
-        out = model(inputs_embeds=x, output_attentions=True)
+        out = model(inputs_embeds=x, output_attentions=True, output_hidden_states=True)
+        lens = model.lm_head(model.model.norm(out.hidden_states[LP + 1]))[0, p.answer_pred + shift]
     q = p.answer_pred + shift
+    assert int(lens.argmax()) == answer
     assert float(out.attentions[LQ][0, HQ, q, p.id_token + shift]) > 0.5
     assert float(out.attentions[LP][0, HP, q, [image_pos + r for r in target]].sum()) > 0.5
     assert lookup_head_loss(out, [None], [0]) is None

@@ -641,7 +641,7 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
                     lpos.append(looks.get(id(smp)))
                     shifts.append(int(mask[b].sum()) - len(e.input_ids))  # the image rows minus their placeholder
                 for aux in (letter_head_loss(out, pos, shifts, model.lm_head, lm.norm, letter_ids),
-                            lookup_head_loss(out, lpos, shifts)):
+                            lookup_head_loss(out, lpos, shifts, model.lm_head, lm.norm)):
                     loss = loss + aux if aux is not None else loss
         opt.zero_grad()
         loss.backward()
@@ -782,10 +782,9 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
     if vlm["steps"] >= vlm_steps and lookup_heads_steps:
         from .lookup_heads import InstanceRows
 
-        image_qa = [x for x in qa_tl if x.kind.startswith("image-")]
-        log(f"stage 2d: the instance lookup, supervised (train/lookup_heads.py), {len(image_qa)} image bench "
-            f"questions, 30% short lookups fading to 20%")
-        looked = train_vlm(model, processor, lookups, image_qa, lookup_heads_steps, lr=lr, batch=16, dense_frac=0.3,
+        log(f"stage 2d: the instance lookup, supervised (train/lookup_heads.py), {len(qa_tl)} bench questions "
+            f"(videos kept, so they are not forgotten), 30% short lookups fading to 20%")
+        looked = train_vlm(model, processor, lookups, qa_tl, lookup_heads_steps, lr=lr, batch=16, dense_frac=0.3,
                            dense_floor=0.2,
                            state_path=work / "lookup-heads-state.pt", held=held_tl, log=log, deadline=deadline,
                            rows=code_rows, freeze_code=True, letter_heads=True,
@@ -831,7 +830,9 @@ def plot_training(model_dir: str | Path, losses_json: str | Path, png: str | Pat
     parts = [("2a: oracle rows, word lookups", raw.get("lookup", []), card.get("lookup", {}).get("curve", [])),
              ("2b: code rows, + MC lookups", raw.get("letters", []), card.get("letters", {}).get("curve", [])),
              ("2b+: the letter step, supervised", raw.get("heads", []), card.get("heads", {}).get("curve", [])),
-             ("2c: code rows, + bench", raw.get("vlm", []), card.get("vlm", {}).get("curve", []))] \
+             ("2c: code rows, + bench", raw.get("vlm", []), card.get("vlm", {}).get("curve", [])),
+             ("2d: + the lookup, supervised", raw.get("lookup_heads", []),
+              card.get("lookup_heads", {}).get("curve", []))] \
         if isinstance(raw, dict) else [("stage 2", raw, card["vlm"]["curve"])]
     k = 25
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -845,7 +846,12 @@ def plot_training(model_dir: str | Path, losses_json: str | Path, png: str | Pat
                        label=f"{name} (mean of {k})")
         if curve:
             key = "held_out_mc_letter_acc" if "held_out_mc_letter_acc" in curve[0] else "held_mc_letter_acc"
-            ax[1].plot([offset + c["step"] for c in curve], [100 * c[key] for c in curve], marker="o", label=name)
+            line, = ax[1].plot([offset + c["step"] for c in curve], [100 * c[key] for c in curve], marker="o",
+                               label=f"{name}: letter")
+            chosen = [c for c in curve if "held_mc_choice_acc" in c]
+            if chosen:  # the model's real choice (scored answers): the letter alone misled two runs
+                ax[1].plot([offset + c["step"] for c in chosen], [100 * c["held_mc_choice_acc"] for c in chosen],
+                           marker="s", ls="--", color=line.get_color(), label=f"{name}: choice")
         if offset and len(losses):
             for a in ax:
                 a.axvline(offset, ls="--", c="grey", lw=0.8)
@@ -855,7 +861,7 @@ def plot_training(model_dir: str | Path, losses_json: str | Path, png: str | Pat
     ax[0].legend(fontsize=8)
     ax[1].axhline(25, ls=":", c="grey", label="chance")
     ax[1].set(xlabel="optimizer step", ylabel="accuracy %", ylim=(0, 100),
-              title="held-out training-world MC (letter logits)")
+              title="held-out training-world MC (letter logits; choice = scored answers)")
     ax[1].legend(fontsize=8)
     fig.tight_layout()
     png = Path(png)
