@@ -68,7 +68,8 @@ bench: setup
 
 # Train the embedded default model (models/default): world at 128 px, the vision tower on per-patch targets,
 # tower + projector into a readable per-patch code, the LLM on oracle rows (short lookups), then on the
-# tower's code rows (MC lookups, then bench questions). ~65 CPU minutes on 2 cores; resumable.
+# tower's code rows (MC lookups, the letter step, bench questions, the lookup supervised). ~80 CPU minutes on 2 cores;
+# resumable.
 train-default: setup
 	$(PY) -m instit_edge.train.default_model --out models/default
 

@@ -42,7 +42,7 @@ def _records(run):
 
 def test_default_model_answers_in_form_and_names_the_instance(default_runs):
     """Learned: an MC letter for every question; OE answers about [k] start with [k] (the ID is copied from the
-    question, which a from-scratch LLM learns late: not yet at step 1000 of 2400)."""
+    question, which a from-scratch LLM learns late)."""
     import re
 
     from instit_edge.eval.scoring import score_items, summarize
@@ -56,11 +56,11 @@ def test_default_model_answers_in_form_and_names_the_instance(default_runs):
              and re.search(r"(color|shape) of \[(\d+)\]", r["question"])]
     hits = [r for r in asked if re.match(r"\s*\[" + re.search(r"of \[(\d+)\]", r["question"]).group(1) + r"\]",
                                          r["model_prediction"])]
-    assert len(asked) >= 20 and len(hits) >= 0.75 * len(asked), (len(hits), len(asked))  # measured 43 / 49
+    assert len(asked) >= 20 and len(hits) >= 0.75 * len(asked), (len(hits), len(asked))  # measured 49 / 49
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: the committed default model (2400 CPU steps) copies IDs but does "
-                                       "not read colours / shapes yet: image MC 25.4 on the demo bench")
+@pytest.mark.xfail(strict=True, reason="issue 14: the committed default model names the asked ID but reads its "
+                                       "attributes ~1/3 of the time: image MC 37.8 on this bench, 36.6 on the demo's")
 def test_default_model_reads_the_marks(default_runs):
     from instit_edge.eval.scoring import score_items, summarize
 
