@@ -74,24 +74,31 @@ def letter_positions(sample, input_ids: list[int], tokenizer, template: str) -> 
     return LetterPositions(letter, last, at(a0 + len(ans) - 1) - 1, m.group(2))
 
 
+def lens_loss(out, hidden_index: int, picks: list, lm_head, norm):
+    """Logit-lens cross-entropy: ``picks`` = ``(batch row, position, target token)``, each read from
+    ``out.hidden_states[hidden_index]`` (0 = the embeddings) through the final norm and ``lm_head``."""
+    import torch
+    import torch.nn.functional as F
+
+    h = norm(out.hidden_states[hidden_index])
+    logits = lm_head(torch.stack([h[i, q] for i, q, _ in picks])).float()
+    return F.cross_entropy(logits, torch.tensor([t for *_, t in picks], device=logits.device))
+
+
 def letter_head_loss(out, positions: list, shifts: list[int], lm_head, norm, letter_ids: dict):
     """The three auxiliary terms for a batch (``out`` with attentions and hidden states); samples whose
     ``positions`` is None add nothing. ``shifts``: how far the image rows moved each sample's later tokens."""
     import torch
-    import torch.nn.functional as F
 
     if all(p is None for p in positions):
         return None
     a1, a2 = out.attentions[L1][:, H1], out.attentions[L2][:, H2]
-    h = norm(out.hidden_states[L2])
-    att, rows, cls = [], [], []
+    att, picks = [], []
     for i, (p, s) in enumerate(zip(positions, shifts)):
         if p is None:
             continue
         for k in "ABCD":
             att.append(-torch.log(a1[i, p.last[k] + s, p.letter[k] + s] + 1e-6))
-            rows.append(h[i, p.last[k] + s])
-            cls.append(letter_ids[k])
+            picks.append((i, p.last[k] + s, letter_ids[k]))
         att.append(-torch.log(a2[i, p.answer_last + s, p.last[p.answer] + s] + 1e-6))
-    lens = F.cross_entropy(lm_head(torch.stack(rows)).float(), torch.tensor(cls, device=rows[0].device))
-    return torch.stack(att).mean() + lens
+    return torch.stack(att).mean() + lens_loss(out, L2, picks, lm_head, norm)

@@ -122,7 +122,8 @@ def lookup_head_loss(out, positions: list, shifts: list[int], lm_head=None, norm
     when ``lm_head`` and ``norm`` are given (``out`` with hidden states); samples whose ``positions`` is None
     add nothing. ``shifts``: how far the image rows moved each sample's later tokens."""
     import torch
-    import torch.nn.functional as F
+
+    from .letter_heads import lens_loss
 
     if all(p is None for p in positions):
         return None
@@ -138,10 +139,8 @@ def lookup_head_loss(out, positions: list, shifts: list[int], lm_head=None, norm
     loss = torch.stack(terms).mean()
     if lm_head is None or not LENS_WEIGHT:
         return loss
-    h = norm(out.hidden_states[LP + 1])  # hidden_states[0] is the embeddings: [LP + 1] is layer LP's output
-    at = [(i, p.answer_pred + s, p.answer_token) for i, (p, s) in enumerate(zip(positions, shifts))
-          if p is not None and p.answer_token is not None]
-    if not at:
+    picks = [(i, p.answer_pred + s, p.answer_token) for i, (p, s) in enumerate(zip(positions, shifts))
+             if p is not None and p.answer_token is not None]
+    if not picks:
         return loss
-    logits = lm_head(torch.stack([h[i, q] for i, q, _ in at])).float()
-    return loss + LENS_WEIGHT * F.cross_entropy(logits, torch.tensor([t for *_, t in at], device=logits.device))
+    return loss + LENS_WEIGHT * lens_loss(out, LP + 1, picks, lm_head, norm)  # [LP + 1]: layer LP's output
