@@ -3,13 +3,18 @@
 On a world's image questions that name one instance, measured on the torch weights:
 - ``aq``: attention of head HQ of layer LQ, at the position that predicts the answer, on the question's ID token;
 - ``ap``: attention mass of head HP of layer LP there on the asked instance's image rows (``prior_rows``: if uniform);
-- ``lens``: the logit lens after layer LP reads the answer's first word; ``final``: the output does.
+- ``lens``: the logit lens after layer LP reads the answer's first word; ``final``: the output does;
+- ``lens4`` / ``final4``: the same among the four options' first words (questions whose four differ), and
+  ``head4``: head HP's own output (its direct contribution, through the final norm's scale and ``lm_head``) does.
 
     python docs/experiments/lookup_read_probe.py models/default out/world            # official MC prompts
     python docs/experiments/lookup_read_probe.py models/default out/world --short    # bare-word lookups
 
-Measured on the committed weights and make demo's world (seed 7): official MC (74 questions) aq 1.00, ap 0.74,
-lens 0.31, final 0.32; bare-word lookups (240) aq 1.00, ap 0.63, lens 0.56, final 0.56.
+Measured on the 2026-12-02 weights and make demo's world (seed 7, before the world's size floors): official MC
+(74 questions) aq 1.00, ap 0.74, lens 0.31, final 0.32, and among the options lens4 0.27, final4 0.27, head4 0.33;
+bare-word lookups (240) aq 1.00, ap 0.63, lens 0.56, final 0.56. The head attends to the right rows and its own
+output still picks the right option at chance: the rows were the next suspect, and
+``docs/experiments/rows_readable.py`` found half the instances hidden under their ID label.
 """
 
 import argparse
@@ -20,6 +25,7 @@ import torch
 from instit_edge.models.loading import load_model
 from instit_edge.train.default_model import IMAGE, PATCH, FrozenVisionRows, bench_samples, lookup_samples
 from instit_edge.train.encode import build_batch, encode_text
+from instit_edge.train.letter_heads import _OPTION
 from instit_edge.train.lookup_heads import HP, HQ, LP, LQ, InstanceRows, lookup_positions
 
 ap_ = argparse.ArgumentParser()
@@ -37,8 +43,12 @@ if a.short:
     samples = [s for s in lookup_samples(world) if not s.kind.endswith("-mc")][:a.limit]
 else:
     samples = [s for s in bench_samples(world, text_letter=True) if s.kind == "image-mc"][:a.limit]
-stats = {"aq": 0.0, "ap": 0.0, "lens": 0, "final": 0, "prior_rows": 0.0}
-n = 0
+stats = {"aq": 0.0, "ap": 0.0, "lens": 0, "final": 0, "prior_rows": 0.0, "lens4": 0, "final4": 0, "head4": 0}
+lp_attn = model.model.language_model.layers[LP].self_attn
+seen = {}
+hook = lp_attn.o_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("x", i[0]))
+dh = lp_attn.head_dim
+n = n4 = 0
 model.eval()
 with torch.no_grad():
     for s in samples:
@@ -57,4 +67,16 @@ with torch.no_grad():
         h = model.model.language_model.norm(out.hidden_states[LP + 1][0, q])
         stats["lens"] += int(model.lm_head(h).argmax()) == p.answer_token
         stats["final"] += int(out.logits[0, q].argmax()) == p.answer_token
-print(f"{n} questions:", {k: round(v / max(n, 1), 3) for k, v in stats.items()})
+        # among the options' first tokens (the choice the bench scores), and head HP's own direct contribution
+        opts = [tok(" " + text, add_special_tokens=False)["input_ids"][0]
+                for _, text in _OPTION.findall(s.turns[0][0] + "\n")] if not a.short else []
+        if len(set(opts)) == 4 and p.answer_token in opts:
+            res = out.hidden_states[LP + 1][0, q]
+            scale = torch.rsqrt(res.pow(2).mean() + 1e-6) * model.model.language_model.norm.weight
+            head = seen["x"][0, q, HP * dh:(HP + 1) * dh] @ lp_attn.o_proj.weight[:, HP * dh:(HP + 1) * dh].T
+            for key, logits in (("lens4", model.lm_head(h)), ("final4", out.logits[0, q]),
+                                ("head4", model.lm_head(head * scale))):
+                stats[key] += opts[int(logits[opts].argmax())] == p.answer_token
+            n4 += 1
+print(f"{n} questions ({n4} with four distinct option words):",
+      {k: round(v / max(n4 if k.endswith("4") else n, 1), 3) for k, v in stats.items()})
