@@ -285,7 +285,7 @@ def test_lookup_heads_point_at_the_id_the_answer_and_the_instance_patches(world,
             continue
         seen += 1
         mk = _ONE_ID.search(q)
-        k = mk.group(1) or mk.group(2)
+        k = mk.group("k") or mk.group("kp")
         assert tok.decode([e.input_ids[p.id_token]]).strip().startswith(k[0])
         assert a.startswith(tok.decode([e.input_ids[p.answer_pred + 1]]).strip())  # it predicts the answer
         assert p.answer_token == (None if a.startswith("[") else e.input_ids[p.answer_pred + 1])
@@ -298,12 +298,13 @@ def test_lookup_heads_point_at_the_id_the_answer_and_the_instance_patches(world,
 
 
 def test_lookup_head_loss_trains_the_heads_to_attend_where_told(rng):
-    """The two attention terms train a 4-layer Llama's heads onto the ID token and the instance's rows, and the
-    logit lens makes layer LP's output at the answer position read the answer's first token."""
+    """The two attention terms train a 4-layer Llama's heads onto the ID token and the instance's rows, the
+    logit lens makes layer LP's output at the answer position read the answer's first token, and the head read
+    makes head HP's own output pick it among the candidate words."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from instit_edge.train.lookup_heads import HP, HQ, LP, LQ, LookupPositions, lookup_head_loss
+    from instit_edge.train.lookup_heads import HP, HQ, LP, LQ, HeadOutput, LookupPositions, lookup_head_loss
 
     torch.manual_seed(int(rng.integers(1000)))
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
@@ -312,8 +313,11 @@ def test_lookup_head_loss_trains_the_heads_to_attend_where_told(rng):
     ids = torch.tensor(rng.integers(5, 64, 30))
     emb = model.get_input_embeddings()
     target = sorted(rng.choice(n_rows, 3, replace=False).tolist())
-    answer = int(rng.integers(5, 64))
-    p = LookupPositions(id_token=20, answer_pred=28, image_pos=image_pos, rows=target, answer_token=answer)
+    cands = tuple(int(t) for t in rng.choice(np.arange(5, 64), 4, replace=False))
+    answer = cands[int(rng.integers(4))]
+    p = LookupPositions(id_token=20, answer_pred=28, image_pos=image_pos, rows=target, answer_token=answer,
+                        candidates=cands)
+    heads = HeadOutput(model.model)
     shift = n_rows - 1
     img = torch.randn(n_rows, 64) * 0.1
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -322,7 +326,7 @@ def test_lookup_head_loss_trains_the_heads_to_attend_where_told(rng):
         x = emb(ids)
         x = torch.cat([x[:image_pos], img, x[image_pos + 1:]])[None]
         out = model(inputs_embeds=x, output_attentions=True, output_hidden_states=True)
-        loss = lookup_head_loss(out, [p], [shift], model.lm_head, model.model.norm)
+        loss = lookup_head_loss(out, [p], [shift], model.lm_head, model.model.norm, heads.value())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -332,8 +336,11 @@ def test_lookup_head_loss_trains_the_heads_to_attend_where_told(rng):
         x = torch.cat([emb(ids)[:image_pos], img, emb(ids)[image_pos + 1:]])[None]
         out = model(inputs_embeds=x, output_attentions=True, output_hidden_states=True)
         lens = model.lm_head(model.model.norm(out.hidden_states[LP + 1]))[0, p.answer_pred + shift]
+        read = model.lm_head(model.model.norm(heads.value()))[0, p.answer_pred + shift, list(cands)]
+    heads.close()
     q = p.answer_pred + shift
     assert int(lens.argmax()) == answer
+    assert cands[int(read.argmax())] == answer
     assert float(out.attentions[LQ][0, HQ, q, p.id_token + shift]) > 0.5
     assert float(out.attentions[LP][0, HP, q, [image_pos + r for r in target]].sum()) > 0.5
     assert lookup_head_loss(out, [None], [0]) is None

@@ -12,7 +12,11 @@ LLM does not find the two hops alone. As the letter step (:mod:`.letter_heads`),
 - after layer ``LP`` (the final norm + ``lm_head``, a logit lens, weight ``LENS_WEIGHT``), the same position
   predicts the answer's first token. The seventh session ran the two attention terms alone: the heads were
   told where to look, the MC choice stayed at 0.30 (the letter step had the same symptom until its lens term
-  made the value path form, 0.26 -> 0.81).
+  made the value path form, 0.26 -> 0.81);
+- head HP's own output (through the final norm and ``lm_head``) picks the answer's first token among the
+  asked attribute's words (weight ``HEAD_READ_WEIGHT``): the head read. The eighth session found that head
+  attending to the right rows (0.74) while its output picked the right option at chance (0.33), and traced it
+  to the rows: half the instances of the 128 px world lay mostly under their ID label.
 
 Only questions that name exactly one instance are supervised (colour, shape, position and the short lookups);
 the others add nothing. The weights stay a plain Llama: nothing here changes the architecture.
@@ -33,7 +37,8 @@ from ..prompting import IMAGE_TOKEN, render_chat
 LQ, HQ = 1, 1  # answer start -> the ID in the question
 LP, HP = 2, 1  # answer start -> the instance's image rows
 LENS_WEIGHT = 1.0  # 0 turns the logit lens after layer LP off (the seventh session's stage 2d)
-_ONE_ID = re.compile(r"(?:color|shape) of \[(\d+)\]\?|Where is \[(\d+)\] located")
+HEAD_READ_WEIGHT = 1.0  # the head-read term (see :func:`lookup_head_loss`); 0 turns it off
+_ONE_ID = re.compile(r"(?P<cat>color|shape) of \[(?P<k>\d+)\]\?|Where is \[(?P<kp>\d+)\] located")
 
 
 @dataclass
@@ -46,6 +51,8 @@ class LookupPositions:
     rows: list[int]  # row indices (raster order over the patch grid) of the asked instance
     answer_token: int | None  # the answer's first token, for the lens after layer LP; None when the answer
     # starts by repeating the ID (an open-ended ``[2] is white.``: nothing looked up to read there)
+    candidates: tuple[int, ...] = ()  # the first tokens of every word of the asked attribute (the answer's
+    # among them), among which head HP's own output must read the answer; empty: no head-read term
 
 
 class InstanceRows:
@@ -80,6 +87,20 @@ class InstanceRows:
         return sel
 
 
+def attribute_candidates(tokenizer, attribute: str) -> tuple[int, ...]:
+    """The distinct first tokens of the words an attribute question can be answered with (``color``,
+    ``shape``, ``position``), as they follow ``ASSISTANT:``."""
+    from ..data.synth import position_name
+    from ..drawing import COLORS, SHAPES
+    from .oracle_rows import _token_ids
+
+    words = {"color": list(COLORS), "shape": list(SHAPES),
+             "position": sorted({position_name(x, y, 3, 3) for x in (0.5, 1.5, 2.5) for y in (0.5, 1.5, 2.5)})}
+    if attribute not in words:
+        raise InstitError(f"lookup heads: no candidate words for the attribute {attribute!r}")
+    return tuple(dict.fromkeys(_token_ids(tokenizer, " " + w)[0] for w in words[attribute]))
+
+
 def lookup_positions(sample, input_ids: list[int], tokenizer, template: str,
                      instances: InstanceRows) -> LookupPositions | None:
     """Where the lookup heads are supervised in one image sample naming a single instance; None otherwise."""
@@ -89,7 +110,7 @@ def lookup_positions(sample, input_ids: list[int], tokenizer, template: str,
     m = _ONE_ID.search(user)
     if not m:
         return None
-    k = int(m.group(1) or m.group(2))
+    k = int(m.group("k") or m.group("kp"))
     rows = instances.rows(sample.image, k)
     if not rows:
         return None
@@ -107,21 +128,56 @@ def lookup_positions(sample, input_ids: list[int], tokenizer, template: str,
         raise InstitError(f"lookup heads: no token covers character {ch}")
 
     u0 = text.index(user)
-    digit = u0 + m.start(1 if m.group(1) else 2)
+    digit = u0 + m.start("k" if m.group("k") else "kp")
     a0 = text.rindex(ans)
     img = [i for i, t in enumerate(input_ids) if t == tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)]
     if len(img) != 1:
         return None
     first = at(a0)
     read = None if ans.lstrip().startswith("[") else int(input_ids[first])
-    return LookupPositions(at(digit), first - 1, img[0], rows, read)  # first - 1 predicts the answer
+    cands = attribute_candidates(tokenizer, m.group("cat") or "position") if read is not None else ()
+    if read not in cands:  # an answer spelled unlike the attribute's words: no head-read term
+        cands = ()
+    return LookupPositions(at(digit), first - 1, img[0], rows, read, cands)  # first - 1 predicts the answer
 
 
-def lookup_head_loss(out, positions: list, shifts: list[int], lm_head=None, norm=None):
+class HeadOutput:
+    """Head ``HP`` of layer ``LP``'s own contribution to the residual stream, kept by a hook on ``o_proj``
+    (its slice of the attention output times its columns of ``o_proj``): what the head read from the rows."""
+
+    def __init__(self, language_model):
+        self.attn = language_model.layers[LP].self_attn
+        self._x = None
+        self._hook = self.attn.o_proj.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output):
+        self._x = inputs[0]
+
+    def value(self):
+        """[batch, positions, hidden] of the last forward pass."""
+        if self._x is None:
+            raise InstitError("lookup heads: no forward pass has run since the head output hook was added")
+        d = self.attn.head_dim
+        cols = slice(HP * d, (HP + 1) * d)
+        return self._x[..., cols] @ self.attn.o_proj.weight[:, cols].T
+
+    def close(self) -> None:
+        self._hook.remove()
+
+
+def lookup_head_loss(out, positions: list, shifts: list[int], lm_head=None, norm=None, head_out=None):
     """The two attention terms for a batch (``out`` with attentions), plus the logit lens after layer ``LP``
     when ``lm_head`` and ``norm`` are given (``out`` with hidden states); samples whose ``positions`` is None
-    add nothing. ``shifts``: how far the image rows moved each sample's later tokens."""
+    add nothing. ``shifts``: how far the image rows moved each sample's later tokens.
+
+    With ``head_out`` (:meth:`HeadOutput.value`), the *head read*: head HP's own output, through the final
+    norm and ``lm_head``, must pick the answer among the asked attribute's words (weight ``HEAD_READ_WEIGHT``).
+    The eighth session measured why: with 0.74 of its attention on the right rows, that head's output picked
+    the right option 0.33 of the time (chance 0.25): the value path of the lookup never formed, and the lens
+    on the whole residual let the model fit priors instead.
+    """
     import torch
+    import torch.nn.functional as F
 
     from .letter_heads import lens_loss
 
@@ -137,10 +193,19 @@ def lookup_head_loss(out, positions: list, shifts: list[int], lm_head=None, norm
         rows = torch.tensor(p.rows, device=ap.device) + p.image_pos  # the rows start at the placeholder
         terms.append(-torch.log(ap[i, q, rows].sum() + 1e-6))
     loss = torch.stack(terms).mean()
-    if lm_head is None or not LENS_WEIGHT:
+    if lm_head is None:
         return loss
     picks = [(i, p.answer_pred + s, p.answer_token) for i, (p, s) in enumerate(zip(positions, shifts))
              if p is not None and p.answer_token is not None]
-    if not picks:
-        return loss
-    return loss + LENS_WEIGHT * lens_loss(out, LP + 1, picks, lm_head, norm)  # [LP + 1]: layer LP's output
+    if picks and LENS_WEIGHT:
+        loss = loss + LENS_WEIGHT * lens_loss(out, LP + 1, picks, lm_head, norm)  # [LP + 1]: layer LP's output
+    reads = [(i, p.answer_pred + s, p) for i, (p, s) in enumerate(zip(positions, shifts))
+             if p is not None and p.candidates]
+    if head_out is not None and reads and HEAD_READ_WEIGHT:
+        h = norm(torch.stack([head_out[i, q] for i, q, _ in reads]))
+        logits = lm_head(h).float()
+        read = torch.stack([F.cross_entropy(logits[j, list(p.candidates)][None],
+                                            torch.tensor([p.candidates.index(p.answer_token)]))
+                            for j, (*_, p) in enumerate(reads)]).mean()
+        loss = loss + HEAD_READ_WEIGHT * read
+    return loss
