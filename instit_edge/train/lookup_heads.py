@@ -90,11 +90,12 @@ class InstanceRows:
 def attribute_candidates(tokenizer, attribute: str) -> tuple[int, ...]:
     """The distinct first tokens of the words an attribute question can be answered with (``color``,
     ``shape``, ``position``), as they follow ``ASSISTANT:``."""
+    from ..data.synth import position_name
     from ..drawing import COLORS, SHAPES
-    from .default_model import POSITIONS
     from .oracle_rows import _token_ids
 
-    words = {"color": list(COLORS), "shape": list(SHAPES), "position": list(POSITIONS)}
+    words = {"color": list(COLORS), "shape": list(SHAPES),
+             "position": sorted({position_name(x, y, 3, 3) for x in (0.5, 1.5, 2.5) for y in (0.5, 1.5, 2.5)})}
     if attribute not in words:
         raise InstitError(f"lookup heads: no candidate words for the attribute {attribute!r}")
     return tuple(dict.fromkeys(_token_ids(tokenizer, " " + w)[0] for w in words[attribute]))
