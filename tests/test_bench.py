@@ -59,7 +59,10 @@ def test_quick_bench_profiles_the_prefill(quick_run):
     assert abs(sum(prof["kinds"].values()) - 100) < 0.5
     ggml = sum(v for k, v in prof["kinds"].items() if k != profile.OTHER)
     assert ggml > 50, prof["kinds"]  # Python start-up, imports and vision are outside the sampled window
-    assert any("libggml" in t["dso"] or "libllama" in t["dso"] for t in prof["top"][:3]), prof["top"][:3]
+    # llama.cpp's own libraries, or the OpenMP runtime its CPU backend runs its threads on (a short tiny-model
+    # prefill once put libgomp's barrier first and a pybind11 module third: 1 of 3 fresh-clone runs)
+    own = ("libggml", "libllama", "libgomp")
+    assert any(any(k in t["dso"] for k in own) for t in prof["top"][:3]), prof["top"][:3]
     assert "## Where the prefill time goes" in (out / "report.md").read_text()
 
 
