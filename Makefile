@@ -68,10 +68,11 @@ bench: setup
 
 # Train the embedded default model (models/default): world at 128 px, the vision tower on per-patch targets,
 # tower + projector into a readable per-patch code, the LLM on oracle rows (short lookups), then on the
-# tower's code rows (MC lookups, the letter step, bench questions, the lookup supervised). ~80 CPU minutes on 2 cores;
-# resumable.
+# tower's code rows (MC lookups, the letter step, bench questions, the lookup supervised, then the relation /
+# extreme / count lookups supervised). ~110 CPU minutes on 2 cores; resumable. TRAIN_ARGS="--from-model DIR" runs only
+# the last stage (2e) from a model trained up to 2d.
 train-default: setup
-	$(PY) -m instit_edge.train.default_model --out models/default
+	$(PY) -m instit_edge.train.default_model --out models/default $(TRAIN_ARGS)
 
 lint: setup
 	$(PY) -m ruff check instit_edge tests benchmarks

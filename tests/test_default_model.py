@@ -3,8 +3,10 @@
 The bench is built with seed 99 (training used the world seed 1000); official prompts, the official MC rule,
 greedy decoding, through the bundle runtime (llama.cpp + ONNX Runtime). What the model has learned is
 asserted (well-formed MC letters, OE answers that name the instance asked about, the asked instance's colour);
-what it has not learned yet (image MC >= 70, issue 14's guard: counts, relations, extremes) is a strict xfail,
-so the gap shows in every run and the marker must be removed the day a retrained model passes.
+what it has not learned yet (image MC >= 70, issue 14's guard: counts, extremes) is an xfail, so the gap shows
+in every run. It is not strict since the 2026-12-02 stage-2e weights: they score 69.6 here (96 / 138), one answer
+below the guard, and one answer can flip with the CPU's llama.cpp kernels; the marker goes the day a retrained
+model passes with a margin.
 """
 
 from pathlib import Path
@@ -60,18 +62,20 @@ def test_default_model_answers_in_form_and_names_the_instance(default_runs):
 
 
 def test_default_model_reads_the_asked_instance_colour(default_runs):
-    """Learned (2026-12-02 weights): the colour of the instance the question names, and image MC well above chance
-    (measured on this bench: colour 93.3 of 30 questions, image MC 56.5; chance 25)."""
+    """Learned (2026-12-02 weights, stage 2e): the colour of the instance the question names, and image MC well
+    above chance (measured on this bench: colour 93.3 of 30 questions, image MC 69.6; chance 25; the weights
+    before stage 2e: 93.3 / 56.5)."""
     from instit_edge.eval.scoring import score_items, summarize
 
     mc = [r for r in _records(default_runs) if r["format"] == "mc"]
     colour = summarize(score_items([r for r in mc if r["split"] == "image" and r.get("category") == "color"]))
     assert colour["image/mc"]["total"] >= 20 and colour["image/mc"]["accuracy"] >= 70, colour
-    assert summarize(score_items(mc))["image/mc"]["accuracy"] >= 45
+    assert summarize(score_items(mc))["image/mc"]["accuracy"] >= 60
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: the committed default model reads colours and shapes but not "
-                                       "counts, relations, extremes: image MC 56.5 on this bench, 59.4 on the demo's")
+@pytest.mark.xfail(strict=False, reason="issue 14: the committed default model reads colours, shapes and relations "
+                                        "but counts and extremes poorly: image MC 69.6 on this bench (one answer below "
+                                        "70), 65.9 on the demo's")
 def test_default_model_reads_the_marks(default_runs):
     from instit_edge.eval.scoring import score_items, summarize
 

@@ -344,3 +344,163 @@ def test_lookup_head_loss_trains_the_heads_to_attend_where_told(rng):
     assert float(out.attentions[LQ][0, HQ, q, p.id_token + shift]) > 0.5
     assert float(out.attentions[LP][0, HP, q, [image_pos + r for r in target]].sum()) > 0.5
     assert lookup_head_loss(out, [None], [0]) is None
+
+
+def test_multi_positions_point_at_both_instances_and_the_deciding_token(world, model_and_processor):
+    """Stage 2e's supervision (lookup_heads.multi_positions) on the world's official relation, extreme and count
+    MC prompts: the IDs' tokens are the question's ``[a]`` / ``[b]`` digits, the rows are the patches of ``a`` /
+    ``b`` / the winner / the counted instances (checked against the masks; as many counted as the right option
+    says), and the supervised position predicts the first answer token where the right option's text differs
+    from every other option's (each option rendered and tokenized)."""
+    import json
+
+    from PIL import Image
+
+    from instit_edge.prompting import IMAGE_TOKEN, render_chat
+    from instit_edge.train.default_model import bench_samples
+    from instit_edge.train.encode import encode_text
+    from instit_edge.train.letter_heads import _OPTION, letter_answer
+    from instit_edge.train.lookup_heads import _COUNT, _EXTREME, _RELATION, InstanceRows, lookup_positions
+
+    tok = model_and_processor[1].tokenizer
+    rows = InstanceRows(world, 8)
+    gt = json.loads((world / "ground_truth.json").read_text())
+    masks = {str((world / e["image_path"]).resolve()): world / e["mask_path"]
+             for part in ("dataset", "bench") for e in gt[part]["images"].values()}
+
+    def covers(path, r, k):
+        m = np.asarray(Image.open(masks[str(Path(path).resolve())]))
+        return (m[(r // 8) * 16:(r // 8 + 1) * 16, (r % 8) * 16:(r % 8 + 1) * 16] == k).mean()
+
+    seen = {"relation": 0, "extreme": 0, "count": 0}
+    for s in bench_samples(world, text_letter=True):
+        if s.kind != "image-mc":
+            continue
+        e = encode_text(s, tok, "vicuna_v1")
+        q, a = s.turns[0]
+        assert lookup_positions(s, e.input_ids, tok, "vicuna_v1", rows, multi=False) is None or \
+            not (_RELATION.search(q) or _EXTREME.search(q) or _COUNT.search(q))  # off unless asked: 2d unchanged
+        p = lookup_positions(s, e.input_ids, tok, "vicuna_v1", rows, multi=True)
+        rel, ext, cnt = _RELATION.search(q), _EXTREME.search(q), _COUNT.search(q)
+        if not (rel or ext or cnt):
+            continue
+        counted = rows.counted(s.image, q)
+        if cnt:  # the counted instances are as many as the right option says; a count of 0 is left alone
+            assert len(counted) == int(a.split()[0]), (q, a, counted)
+            if not counted:
+                assert p is None
+                continue
+        assert p is not None, q
+        opts = dict(_OPTION.findall(q + "\n"))
+        right = a.rsplit(" ", 1)[1]
+        at = p.answer_pred + 1
+        shared = 0  # the options still tied with the right one just before the deciding token
+        for k, v in opts.items():  # the deciding token: there the right one differs from every other option
+            if k == right:
+                continue
+            other = tok(render_chat("vicuna_v1", [("user", f"{IMAGE_TOKEN}\n{q}"), ("assistant", letter_answer(v, k))],
+                                    add_generation_prompt=False))["input_ids"]
+            tied = other[:at] == e.input_ids[:at]
+            assert not tied or len(other) <= at or other[at] != e.input_ids[at], (q, v)
+            shared += tied
+        text = render_chat("vicuna_v1", [("user", f"{IMAGE_TOKEN}\n{q}"), ("assistant", a)], add_generation_prompt=False)
+        enc = tok(text, return_offsets_mapping=True)
+        first = next(i for i, (x, y) in enumerate(enc["offset_mapping"]) if x <= text.rindex(a) < y)
+        assert at >= first and (shared > 0 or at == first), q  # no earlier token decides: some option is tied
+        if rel:
+            seen["relation"] += 1
+            assert tok.decode([e.input_ids[p.id_token]]).strip().startswith(rel.group("a")[0])
+            assert tok.decode([e.input_ids[p.id_token_b]]).strip().startswith(rel.group("b")[0])
+            assert p.id_token < p.id_token_b and p.answer_token is None
+            for rs, k in ((p.rows, int(rel.group("a"))), (p.rows_b, int(rel.group("b")))):
+                assert all(covers(s.image, r, k) >= 0.25 for r in rs) or len(rs) == 1
+        elif cnt:
+            seen["count"] += 1
+            assert p.id_token is None and p.answer_token is None
+            assert set(p.rows) == {r for k in counted for r in rows.rows(s.image, k)}
+            assert all(max(covers(s.image, r, k) for k in counted) > 0 for r in p.rows)
+        else:
+            seen["extreme"] += 1
+            win = int(opts[right].strip("[]"))
+            assert p.id_token is None and p.answer_token == e.input_ids[at]
+            assert tok.decode([p.answer_token]).strip().strip("[]").startswith(str(win)[0])
+            assert all(covers(s.image, r, win) >= 0.25 for r in p.rows) or len(p.rows) == 1
+    assert min(seen.values()) > 0, seen
+
+
+def test_relation_terms_train_the_second_heads_onto_the_second_instance(rng):
+    """Stage 2e's relation terms: head HQB of layer LQ learns to attend to the second ID, head HPB of layer LP
+    to the second instance's rows, while HQ / HP take the first; an extreme (no ID asked) adds no ID term."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from instit_edge.train.lookup_heads import HP, HPB, HQ, HQB, LP, LQ, LookupPositions, lookup_head_loss
+
+    torch.manual_seed(int(rng.integers(1000)))
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                         num_attention_heads=4, num_key_value_heads=4, attn_implementation="eager"))
+    n_rows, image_pos = 16, 3
+    ids = torch.tensor(rng.integers(5, 64, 30))
+    a_rows, b_rows = (sorted(x.tolist()) for x in np.split(rng.choice(n_rows, 4, replace=False), 2))
+    p = LookupPositions(id_token=12, answer_pred=28, image_pos=image_pos, rows=a_rows, answer_token=None,
+                        id_token_b=20, rows_b=tuple(b_rows))
+    emb = model.get_input_embeddings()
+    img = torch.randn(n_rows, 64) * 0.1
+    shift = n_rows - 1
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def forward():
+        x = emb(ids)
+        return model(inputs_embeds=torch.cat([x[:image_pos], img, x[image_pos + 1:]])[None], output_attentions=True,
+                     output_hidden_states=True)
+
+    for _ in range(60):
+        loss = lookup_head_loss(forward(), [p], [shift], model.lm_head, model.model.norm)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        out = forward()
+    q = p.answer_pred + shift
+    assert float(out.attentions[LQ][0, HQ, q, p.id_token + shift]) > 0.5
+    assert float(out.attentions[LQ][0, HQB, q, p.id_token_b + shift]) > 0.5
+    assert float(out.attentions[LP][0, HP, q, [image_pos + r for r in a_rows]].sum()) > 0.5
+    assert float(out.attentions[LP][0, HPB, q, [image_pos + r for r in b_rows]].sum()) > 0.5
+    ext = LookupPositions(id_token=None, answer_pred=28, image_pos=image_pos, rows=a_rows, answer_token=7)
+    alone = lookup_head_loss(out, [ext], [shift])  # the rows term only
+    assert torch.isclose(alone, -torch.log(out.attentions[LP][0, HP, q, [image_pos + r for r in a_rows]].sum() + 1e-6))
+
+
+def test_stage_2e_continues_a_trained_model_and_refuses_one_it_cannot(world, tmp_path):
+    """``make train-default --from-model``: stage 2e runs from a model this recipe trained up to 2d (the
+    committed weights, with their card's 2e record removed), writes a card that says where stages 1-2d came
+    from, changes the LLM; a model that has 2e already, or has no card, is refused with what to do."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from instit_edge.errors import InstitError
+    from instit_edge.train.default_model import build_default
+
+    src = tmp_path / "trained"
+    shutil.copytree(DEFAULT, src)
+    card = json.loads((src / "training.json").read_text())
+    card.pop("multi_heads", None)
+    (src / "training.json").write_text(json.dumps(card))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "world").symlink_to(world)  # the fixture's small world stands in for the training world
+    out = tmp_path / "out"
+    got = build_default(out, multi_steps=2, work=work, from_model=src, log=lambda *_: None)
+    assert got["complete"] and got["multi_heads"]["steps"] == 2 and got["stages_1_to_2d_from"]["path"] == str(src)
+    assert got["lookup_heads"]["steps"] == card["lookup_heads"]["steps"]  # the stages before are the source's
+    before, after = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in after if "language_model" in k)
+    assert all(torch.equal(before[k], after[k]) for k in after if "vision_tower" in k)  # the tower stays frozen
+    with pytest.raises(InstitError, match="stage 2e already"):
+        build_default(tmp_path / "again", multi_steps=2, work=work, from_model=out, log=lambda *_: None)
+    (src / "training.json").unlink()
+    with pytest.raises(InstitError, match="no training.json"):
+        build_default(tmp_path / "again", multi_steps=2, work=work, from_model=src, log=lambda *_: None)

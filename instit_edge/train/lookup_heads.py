@@ -19,7 +19,19 @@ LLM does not find the two hops alone. As the letter step (:mod:`.letter_heads`),
   to the rows: half the instances of the 128 px world lay mostly under their ID label.
 
 Only questions that name exactly one instance are supervised (colour, shape, position and the short lookups);
-the others add nothing. The weights stay a plain Llama: nothing here changes the architecture.
+the others add nothing, unless ``multi`` is asked for (stage 2e, the ninth session): then three questions about
+several instances are supervised too, at the answer position that decides between the options (the first
+token where the right answer differs from every other option, e.g. ``left`` in ``to the left of``):
+
+- a relation (``Complete the sentence: [a] is ___ [b].``): head HQ attends to ``a``'s ID and head ``HQB`` of
+  layer ``LQ`` to ``b``'s; head HP attends to ``a``'s rows and head ``HPB`` of layer ``LP`` to ``b``'s (the
+  comparison is left to the last layer: no lens);
+- an extreme (``Which instance is the leftmost in the image?``): head HP attends to the winner's rows and the
+  lens after layer LP reads the winner's ID digit (the rows carry it), as in the one-instance lookup.
+- a count (``How many red instances are there in the image?``): head HP attends to the rows of every counted
+  instance (none: no term); the number is left to the last layer (no lens).
+
+The weights stay a plain Llama: nothing here changes the architecture.
 """
 
 from __future__ import annotations
@@ -38,14 +50,19 @@ LQ, HQ = 1, 1  # answer start -> the ID in the question
 LP, HP = 2, 1  # answer start -> the instance's image rows
 LENS_WEIGHT = 1.0  # 0 turns the logit lens after layer LP off (the seventh session's stage 2d)
 HEAD_READ_WEIGHT = 1.0  # the head-read term (see :func:`lookup_head_loss`); 0 turns it off
+HQB, HPB = 2, 2  # a relation's second instance: its ID (layer LQ) and its rows (layer LP)
 _ONE_ID = re.compile(r"(?P<cat>color|shape) of \[(?P<k>\d+)\]\?|Where is \[(?P<kp>\d+)\] located")
+_RELATION = re.compile(r"Complete the sentence: \[(?P<a>\d+)\] is ___ \[(?P<b>\d+)\]\.")
+_EXTREME = re.compile(r"Which instance is the (?:leftmost|rightmost|topmost|bottommost) in the image\?")
+_WINNER = re.compile(r"\[(\d+)\]")
+_COUNT = re.compile(r"How many (?P<what>[a-z ]+?) are there in the image\?")
 
 
 @dataclass
 class LookupPositions:
     """Token positions in the encoded ids (the ``<image>`` placeholder still one token) and image rows."""
 
-    id_token: int  # the token of the question covering the ID's first digit
+    id_token: int | None  # the token of the question covering the ID's first digit; None: no ID asked (extreme)
     answer_pred: int  # the position that predicts the answer's first token
     image_pos: int  # the ``<image>`` placeholder (the rows start here once spliced)
     rows: list[int]  # row indices (raster order over the patch grid) of the asked instance
@@ -53,6 +70,8 @@ class LookupPositions:
     # starts by repeating the ID (an open-ended ``[2] is white.``: nothing looked up to read there)
     candidates: tuple[int, ...] = ()  # the first tokens of every word of the asked attribute (the answer's
     # among them), among which head HP's own output must read the answer; empty: no head-read term
+    id_token_b: int | None = None  # a relation's second ID (head HQB); None: no second instance
+    rows_b: tuple[int, ...] = ()  # a relation's second instance's rows (head HPB)
 
 
 class InstanceRows:
@@ -63,7 +82,21 @@ class InstanceRows:
         gt = json.loads((self.world / "ground_truth.json").read_text())
         self.masks = {str((self.world / e["image_path"]).resolve()): self.world / e["mask_path"]
                       for part in ("dataset", "bench") for e in gt[part]["images"].values()}
+        self.instances = {str((self.world / e["image_path"]).resolve()): e["instances"]
+                          for part in ("dataset", "bench") for e in gt[part]["images"].values()}
         self._cache: dict[str, np.ndarray] = {}
+
+    def counted(self, image: str | Path, question: str) -> list[int] | None:
+        """The IDs a count question (``How many red instances`` / ``How many stars``) counts; None when the
+        question is not one, or the image is not in the world."""
+        from ..data.synth import _plural
+
+        inst = self.instances.get(str(Path(image).resolve()))
+        m = _COUNT.search(question)
+        if inst is None or not m:
+            return None
+        what = m.group("what")
+        return [int(k) for k, v in inst.items() if what in (f"{v['color']} instances", _plural(v["shape"]))]
 
     def rows(self, image: str | Path, instance: int) -> list[int]:
         """Patches where the instance covers at least ``min_cover`` of the pixels; else its best-covered patch."""
@@ -102,14 +135,15 @@ def attribute_candidates(tokenizer, attribute: str) -> tuple[int, ...]:
 
 
 def lookup_positions(sample, input_ids: list[int], tokenizer, template: str,
-                     instances: InstanceRows) -> LookupPositions | None:
-    """Where the lookup heads are supervised in one image sample naming a single instance; None otherwise."""
+                     instances: InstanceRows, multi: bool = False) -> LookupPositions | None:
+    """Where the lookup heads are supervised in one image sample naming a single instance; None otherwise.
+    With ``multi``, relation and extreme MC questions too (:func:`multi_positions`)."""
     if sample.image is None or len(sample.turns) != 1:
         return None
     user, ans = sample.turns[0]
     m = _ONE_ID.search(user)
     if not m:
-        return None
+        return multi_positions(sample, input_ids, tokenizer, template, instances) if multi else None
     k = int(m.group("k") or m.group("kp"))
     rows = instances.rows(sample.image, k)
     if not rows:
@@ -139,6 +173,72 @@ def lookup_positions(sample, input_ids: list[int], tokenizer, template: str,
     if read not in cands:  # an answer spelled unlike the attribute's words: no head-read term
         cands = ()
     return LookupPositions(at(digit), first - 1, img[0], rows, read, cands)  # first - 1 predicts the answer
+
+
+def _tokens_at(tokenizer, text: str) -> tuple[list[int], list]:
+    enc = tokenizer(text, return_offsets_mapping=True)
+    return enc["input_ids"], enc["offset_mapping"]
+
+
+def _token_at(offsets, ch: int) -> int:
+    for i, (a, b) in enumerate(offsets):
+        if a <= ch < b:
+            return i
+    raise InstitError(f"lookup heads: no token covers character {ch}")
+
+
+def multi_positions(sample, input_ids: list[int], tokenizer, template: str,
+                    instances: InstanceRows) -> LookupPositions | None:
+    """The supervision of a relation or extreme MC question answered ``<option text> <letter>`` (see the
+    module's docstring); None for any other sample, or where an instance covers no patch."""
+    from .letter_heads import _OPTION, letter_answer
+
+    user, ans = sample.turns[0]
+    rel, ext, cnt = _RELATION.search(user), _EXTREME.search(user), _COUNT.search(user)
+    opts = dict(_OPTION.findall(user + "\n"))
+    if not (rel or ext or cnt) or len(opts) != 4 or ans not in {letter_answer(v, k) for k, v in opts.items()}:
+        return None
+    right = ans.rsplit(" ", 1)[1]
+
+    def render(a: str) -> str:
+        return render_chat(template, [("user", f"{IMAGE_TOKEN}\n{user}"), ("assistant", a)],
+                           add_generation_prompt=False)
+
+    text = render(ans)
+    ids, offs = _tokens_at(tokenizer, text)
+    if ids != list(input_ids):
+        raise InstitError("lookup heads: the sample's tokens differ from the rendered chat; re-encode it")
+    first = _token_at(offs, text.rindex(ans))
+    decide = 0  # the first answer token where the right answer differs from every other option
+    for k, v in opts.items():
+        if k == right:
+            continue
+        other = _tokens_at(tokenizer, render(letter_answer(v, k)))[0][first:]
+        mine = ids[first:]
+        d = next((i for i, (x, y) in enumerate(zip(mine, other)) if x != y), min(len(mine), len(other)))
+        decide = max(decide, d)
+    if first + decide >= len(ids):
+        return None
+    img = [i for i, t in enumerate(input_ids) if t == tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)]
+    if len(img) != 1:
+        return None
+    pred = first + decide - 1  # the position that predicts the deciding token
+    u0 = text.index(user)
+    if rel:
+        rows_a, rows_b = instances.rows(sample.image, int(rel.group("a"))), instances.rows(sample.image,
+                                                                                            int(rel.group("b")))
+        if not rows_a or not rows_b:
+            return None
+        return LookupPositions(_token_at(offs, u0 + rel.start("a")), pred, img[0], rows_a, None,
+                               id_token_b=_token_at(offs, u0 + rel.start("b")), rows_b=tuple(rows_b))
+    if cnt:  # every counted instance's rows; a count of 0 is left alone
+        rows = sorted({r for k in instances.counted(sample.image, user) or [] for r in instances.rows(sample.image, k)})
+        return LookupPositions(None, pred, img[0], rows, None) if rows else None
+    win = _WINNER.search(opts[right])
+    rows = instances.rows(sample.image, int(win.group(1))) if win else []
+    if not rows:
+        return None
+    return LookupPositions(None, pred, img[0], rows, int(ids[first + decide]))
 
 
 class HeadOutput:
@@ -189,9 +289,15 @@ def lookup_head_loss(out, positions: list, shifts: list[int], lm_head=None, norm
         if p is None:
             continue
         q = p.answer_pred + s
-        terms.append(-torch.log(aq[i, q, p.id_token + s] + 1e-6))  # the question follows the image: shifted
+        if p.id_token is not None:
+            terms.append(-torch.log(aq[i, q, p.id_token + s] + 1e-6))  # the question follows the image: shifted
         rows = torch.tensor(p.rows, device=ap.device) + p.image_pos  # the rows start at the placeholder
         terms.append(-torch.log(ap[i, q, rows].sum() + 1e-6))
+        if p.id_token_b is not None:  # a relation's second instance
+            terms.append(-torch.log(out.attentions[LQ][i, HQB, q, p.id_token_b + s] + 1e-6))
+        if p.rows_b:
+            rows_b = torch.tensor(p.rows_b, device=ap.device) + p.image_pos
+            terms.append(-torch.log(out.attentions[LP][i, HPB, q, rows_b].sum() + 1e-6))
     loss = torch.stack(terms).mean()
     if lm_head is None:
         return loss
