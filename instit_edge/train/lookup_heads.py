@@ -27,7 +27,7 @@ token where the right answer differs from every other option, e.g. ``left`` in `
   layer ``LQ`` to ``b``'s; head HP attends to ``a``'s rows and head ``HPB`` of layer ``LP`` to ``b``'s (the
   comparison is left to the last layer: no lens);
 - an extreme (``Which instance is the leftmost in the image?``): head HP attends to the winner's rows and the
-  lens after layer LP reads the winner's ID digit (the rows carry it), as in the one-instance lookup.
+  lens after layer LP reads the winner's ID digit (the rows carry it), as in the one-instance lookup;
 - a count (``How many red instances are there in the image?``): head HP attends to the rows of every counted
   instance (none: no term); the number is left to the last layer (no lens).
 
@@ -137,7 +137,7 @@ def attribute_candidates(tokenizer, attribute: str) -> tuple[int, ...]:
 def lookup_positions(sample, input_ids: list[int], tokenizer, template: str,
                      instances: InstanceRows, multi: bool = False) -> LookupPositions | None:
     """Where the lookup heads are supervised in one image sample naming a single instance; None otherwise.
-    With ``multi``, relation and extreme MC questions too (:func:`multi_positions`)."""
+    With ``multi``, relation, extreme and count MC questions too (:func:`multi_positions`)."""
     if sample.image is None or len(sample.turns) != 1:
         return None
     user, ans = sample.turns[0]
@@ -150,34 +150,27 @@ def lookup_positions(sample, input_ids: list[int], tokenizer, template: str,
         return None
     text = render_chat(template, [("user", f"{IMAGE_TOKEN}\n{user}"), ("assistant", ans)],
                        add_generation_prompt=False)
-    enc = tokenizer(text, return_offsets_mapping=True)
-    if enc["input_ids"] != list(input_ids):
-        raise InstitError("lookup heads: the sample's tokens differ from the rendered chat; re-encode it")
-    offs = enc["offset_mapping"]
-
-    def at(ch: int) -> int:
-        for i, (a, b) in enumerate(offs):
-            if a <= ch < b:
-                return i
-        raise InstitError(f"lookup heads: no token covers character {ch}")
-
+    offs = _offsets(tokenizer, text, input_ids)
     u0 = text.index(user)
     digit = u0 + m.start("k" if m.group("k") else "kp")
     a0 = text.rindex(ans)
     img = [i for i, t in enumerate(input_ids) if t == tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)]
     if len(img) != 1:
         return None
-    first = at(a0)
+    first = _token_at(offs, a0)
     read = None if ans.lstrip().startswith("[") else int(input_ids[first])
     cands = attribute_candidates(tokenizer, m.group("cat") or "position") if read is not None else ()
     if read not in cands:  # an answer spelled unlike the attribute's words: no head-read term
         cands = ()
-    return LookupPositions(at(digit), first - 1, img[0], rows, read, cands)  # first - 1 predicts the answer
+    return LookupPositions(_token_at(offs, digit), first - 1, img[0], rows, read, cands)  # first - 1 predicts the answer
 
 
-def _tokens_at(tokenizer, text: str) -> tuple[list[int], list]:
+def _offsets(tokenizer, text: str, input_ids: list[int]) -> list:
+    """The character span of each token of ``text``, which must encode to the sample's ``input_ids``."""
     enc = tokenizer(text, return_offsets_mapping=True)
-    return enc["input_ids"], enc["offset_mapping"]
+    if enc["input_ids"] != list(input_ids):
+        raise InstitError("lookup heads: the sample's tokens differ from the rendered chat; re-encode it")
+    return enc["offset_mapping"]
 
 
 def _token_at(offsets, ch: int) -> int:
@@ -189,8 +182,8 @@ def _token_at(offsets, ch: int) -> int:
 
 def multi_positions(sample, input_ids: list[int], tokenizer, template: str,
                     instances: InstanceRows) -> LookupPositions | None:
-    """The supervision of a relation or extreme MC question answered ``<option text> <letter>`` (see the
-    module's docstring); None for any other sample, or where an instance covers no patch."""
+    """The supervision of a relation, extreme or count MC question answered ``<option text> <letter>`` (see
+    the module's docstring); None for any other sample, for a count of 0, or where an instance covers no patch."""
     from .letter_heads import _OPTION, letter_answer
 
     user, ans = sample.turns[0]
@@ -205,15 +198,13 @@ def multi_positions(sample, input_ids: list[int], tokenizer, template: str,
                            add_generation_prompt=False)
 
     text = render(ans)
-    ids, offs = _tokens_at(tokenizer, text)
-    if ids != list(input_ids):
-        raise InstitError("lookup heads: the sample's tokens differ from the rendered chat; re-encode it")
+    ids, offs = list(input_ids), _offsets(tokenizer, text, input_ids)
     first = _token_at(offs, text.rindex(ans))
     decide = 0  # the first answer token where the right answer differs from every other option
     for k, v in opts.items():
         if k == right:
             continue
-        other = _tokens_at(tokenizer, render(letter_answer(v, k)))[0][first:]
+        other = tokenizer(render(letter_answer(v, k)))["input_ids"][first:]
         mine = ids[first:]
         d = next((i for i, (x, y) in enumerate(zip(mine, other)) if x != y), min(len(mine), len(other)))
         decide = max(decide, d)
