@@ -570,7 +570,7 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
     ``<option text> <letter>`` (eager attention while training, so the attention weights are returned);
     ``lookup_heads`` (an :class:`~instit_edge.train.lookup_heads.InstanceRows` of the samples' world) adds
     that of :mod:`instit_edge.train.lookup_heads` on image questions naming one instance (implies eager).
-    ``multi_heads`` extends it to the relation and extreme MC questions (stage 2e).
+    ``multi_heads`` extends it to the relation, extreme and count MC questions (stage 2e).
     """
     import torch
 
@@ -712,14 +712,15 @@ def stage_samples(world: Path, seed: int = 0) -> tuple[list, list, list, list, l
 
 
 MULTI_REPEAT = 3  # stage 2e: each relation / extreme / count image MC question this many times in the pool
-VIDEO_REPEAT = 1  # stage 2e: each video question (MC and OE) this many times (2 cost image MC 3.6 / 10.2 points, video no gain)
+VIDEO_REPEAT = 1  # stage 2e: each video question this many times (2 cost image MC 3.6 / 10.2 points, no video gain)
 
 
 def train_multi_stage(model, processor, world: Path, lookups: list, qa_tl: list, held_tl: list, steps: int,
                       rows, state_path: Path | None, lr: float = 1e-3, log=print, deadline: float | None = None) -> dict:
     """Stage 2e: the bench questions again, with the relation, extreme and count MC questions repeated
-    (``MULTI_REPEAT``; the video questions ``VIDEO_REPEAT``) and their lookups supervised too (:func:`~.lookup_heads.multi_positions`), beside the
-    one-instance lookups, the letter step and 20% short lookups (so nothing learned before is forgotten)."""
+    (``MULTI_REPEAT``; the video questions ``VIDEO_REPEAT``) and their lookups supervised too
+    (:func:`~.lookup_heads.multi_positions`), beside the one-instance lookups, the letter step and 20% short
+    lookups (so nothing learned before is forgotten)."""
     from .lookup_heads import _COUNT, _EXTREME, _RELATION, InstanceRows
 
     multi = [x for x in qa_tl if x.kind == "image-mc" and any(r.search(x.turns[0][0])
