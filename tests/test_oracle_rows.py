@@ -504,3 +504,19 @@ def test_stage_2e_continues_a_trained_model_and_refuses_one_it_cannot(world, tmp
     (src / "training.json").unlink()
     with pytest.raises(InstitError, match="no training.json"):
         build_default(tmp_path / "again", multi_steps=2, work=work, from_model=src, log=lambda *_: None)
+
+
+def test_train_default_refuses_a_bad_from_model_in_one_line(tmp_path):
+    """``make train-default TRAIN_ARGS="--from-model DIR"`` with a folder that is no trained model: one line on
+    stderr that says what to give, exit code 2, and nothing built (checked before the world)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "not-a-model").mkdir()
+    r = subprocess.run([sys.executable, "-m", "instit_edge.train.default_model", "--from-model",
+                        str(tmp_path / "not-a-model"), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w")],
+                       capture_output=True, text=True, timeout=300)
+    err = [line for line in r.stderr.splitlines() if line.strip() and "Warning" not in line and "W1" not in line[:3]]
+    assert r.returncode == 2, r.stderr
+    assert len(err) == 1 and err[0].startswith("error:") and "training.json" in err[0], r.stderr
+    assert not (tmp_path / "w" / "world").exists() and not (tmp_path / "out").exists()

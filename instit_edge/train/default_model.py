@@ -805,6 +805,7 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
     deadline = time.time() + budget_minutes * 60 if budget_minutes else None
     torch.manual_seed(seed)
     t0 = time.perf_counter()
+    trained = _from_trained(from_model, seed, log) if from_model is not None else None  # refused before any work
     world = work / "world"
     if not (world / "ground_truth.json").exists():
         build_world(world, seed=WORLD_SEED_OFFSET + seed, n_images=n_images, n_videos=n_videos,
@@ -873,7 +874,7 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
                                rows=code_rows, freeze_code=True, letter_heads=True,
                                lookup_heads=InstanceRows(world, IMAGE // PATCH))
     else:  # stages 1-2d come from a trained model (its card says so); only 2e runs here
-        model, processor, done = _from_trained(from_model, seed, log)
+        model, processor, done = trained
         tok = processor.tokenizer
         vis, codes, lookup, letters, heads, vlm, looked = (done[k] for k in _STAGES_TO_2D)
         layout = codes["layout"]
@@ -1014,7 +1015,13 @@ if __name__ == "__main__":
     ap.add_argument("--from-model", default=None,
                     help="A model this recipe trained up to stage 2d: run only stage 2e from its weights.")
     a = ap.parse_args()
-    card = build_default(a.out, a.seed, a.images, a.videos, a.vision_steps, a.code_steps, a.lookup_steps,
-                         a.mc_steps, a.heads_steps, a.vlm_steps, a.lookup_heads_steps, a.multi_steps, a.batch,
-                         a.lr, a.work, a.budget_minutes, from_model=a.from_model)
+    try:
+        card = build_default(a.out, a.seed, a.images, a.videos, a.vision_steps, a.code_steps, a.lookup_steps,
+                             a.mc_steps, a.heads_steps, a.vlm_steps, a.lookup_heads_steps, a.multi_steps, a.batch,
+                             a.lr, a.work, a.budget_minutes, from_model=a.from_model)
+    except InstitError as e:  # one line and the exit code, as the CLI does
+        import sys
+
+        print(f"error: {e.message}", file=sys.stderr)
+        sys.exit(e.exit_code)
     print(json.dumps({k: v for k, v in card.items() if k != "vlm"}, indent=2, default=str))
