@@ -69,8 +69,8 @@ bench: setup
 # Train the embedded default model (models/default): world at 128 px, the vision tower on per-patch targets,
 # tower + projector into a readable per-patch code, the LLM on oracle rows (short lookups), then on the
 # tower's code rows (MC lookups, the letter step, bench questions, the lookup supervised, then the relation /
-# extreme / count lookups supervised). ~110 CPU minutes on 2 cores; resumable. TRAIN_ARGS="--from-model DIR" runs only
-# the last stage (2e) from a model trained up to 2d.
+# extreme / count lookups supervised, then the option-span head of the letter step). ~130 CPU minutes on 2 cores;
+# resumable. TRAIN_ARGS="--from-model DIR" runs only the stages after 2d (or 2e) from a model trained up to there.
 train-default: setup
 	$(PY) -m instit_edge.train.default_model --out models/default $(TRAIN_ARGS)
 

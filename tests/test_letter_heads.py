@@ -40,6 +40,11 @@ def test_positions_point_at_the_letters_and_texts(tok, rng):
             assert tok.decode([enc.input_ids[p.letter[k]]]).strip() == k
             assert v.endswith(tok.decode([enc.input_ids[p.last[k]]]).strip())
             assert p.letter[k] < p.last[k] < p.answer_last
+            span = p.spans[k] + (p.last[k],) if p.spans[k][-1] != p.last[k] else p.spans[k]
+            assert tok.decode([enc.input_ids[t] for t in span]).strip() == v  # the text but its last token
+            assert p.spans[k][-1] == p.last[k] - 1 or p.spans[k] == (p.last[k],)
+        span = p.answer_span + (p.answer_last,) if p.answer_span[-1] != p.answer_last else p.answer_span
+        assert tok.decode([enc.input_ids[t] for t in span]).strip() == opts[right]
         assert tok.decode([enc.input_ids[p.answer_last + 1]]).strip() == right  # it predicts the letter
         assert tok.decode(enc.input_ids[p.answer_last - 12: p.answer_last + 1]).strip().endswith(opts[right])
     plain = type(s)([(s.turns[0][0], right)], image="x.png")  # a letter-only answer is not supervised
@@ -78,3 +83,48 @@ def test_loss_trains_the_heads_to_attend_where_told(tok, rng):
     assert float(a1[p.last["A"], p.letter["A"]]) > 0.5  # the option's text attends to its letter
     assert float(a2[p.answer_last, p.last[p.answer]]) > 0.5  # the answer attends to the right option
     assert letter_head_loss(out, [None], [0], model.lm_head, model.model.norm, letter_ids) is None
+
+
+def test_span_term_spreads_a_head_over_the_whole_option(tok, rng):
+    """Stage 2f's term: head HS of layer LS, at an option's (and the answer's) last text token, covers every
+    token of that text evenly, so ``bottom-right`` and ``middle-right`` no longer look alike there."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from instit_edge.train.encode import encode_text
+    from instit_edge.train.letter_heads import HS, LS, letter_head_loss, letter_positions
+
+    torch.manual_seed(int(rng.integers(1000)))
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                                         attn_implementation="eager"))
+    s, opts, right = _sample(rng)
+    text = type(s)(s.turns)
+    enc = encode_text(text, tok, "vicuna_v1")
+    p = letter_positions(text, enc.input_ids, tok, "vicuna_v1")
+    ids = torch.tensor([enc.input_ids])
+    letter_ids = {x: tok.encode(" " + x, add_special_tokens=False)[-1] for x in "ABCD"}
+
+    def covered(out):
+        a = out.attentions[LS][0, HS]
+        return [float(a[q, list(span)].sum()) for q, span in
+                [(p.last[k], p.spans[k]) for k in "ABCD"] + [(p.answer_last, p.answer_span)]]
+
+    out = model(input_ids=ids, output_attentions=True, output_hidden_states=True)
+    before = covered(out)
+    without = float(letter_head_loss(out, [p], [0], model.lm_head, model.model.norm, letter_ids))
+    with_spans = float(letter_head_loss(out, [p], [0], model.lm_head, model.model.norm, letter_ids, spans=True))
+    assert with_spans != without
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        out = model(input_ids=ids, output_attentions=True, output_hidden_states=True)
+        loss = letter_head_loss(out, [p], [0], model.lm_head, model.model.norm, letter_ids, spans=True)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        out = model(input_ids=ids, output_attentions=True)
+    after = covered(out)
+    assert min(after) > 0.8 > max(before), (before, after)
+    a = out.attentions[LS][0, HS]
+    k = max("ABCD", key=lambda x: len(p.spans[x]))  # the longest option: no token of it left out
+    assert min(float(a[p.last[k], t]) for t in p.spans[k]) > 0.4 / len(p.spans[k])

@@ -471,10 +471,11 @@ def test_relation_terms_train_the_second_heads_onto_the_second_instance(rng):
     assert torch.isclose(alone, -torch.log(out.attentions[LP][0, HP, q, [image_pos + r for r in a_rows]].sum() + 1e-6))
 
 
-def test_stage_2e_continues_a_trained_model_and_refuses_one_it_cannot(world, tmp_path):
-    """``make train-default --from-model``: stage 2e runs from a model this recipe trained up to 2d (the
-    committed weights, with their card's 2e record removed), writes a card that says where stages 1-2d came
-    from, changes the LLM; a model that has 2e already, or has no card, is refused with what to do."""
+def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world, tmp_path):
+    """``make train-default --from-model``: stages 2e and 2f run from a model this recipe trained up to 2d (the
+    committed weights, with their card's 2e and 2f records removed), only 2f from one trained up to 2e; the
+    card says where the earlier stages came from; the LLM changes, the tower does not; a model that has 2f
+    already, or has no card, is refused with what to do."""
     import json
     import shutil
 
@@ -488,19 +489,33 @@ def test_stage_2e_continues_a_trained_model_and_refuses_one_it_cannot(world, tmp
     shutil.copytree(DEFAULT, src)
     card = json.loads((src / "training.json").read_text())
     card.pop("multi_heads", None)
+    card.pop("span_heads", None)
     (src / "training.json").write_text(json.dumps(card))
     work = tmp_path / "work"
     work.mkdir()
     (work / "world").symlink_to(world)  # the fixture's small world stands in for the training world
     out = tmp_path / "out"
-    got = build_default(out, multi_steps=2, work=work, from_model=src, log=lambda *_: None)
-    assert got["complete"] and got["multi_heads"]["steps"] == 2 and got["stages_1_to_2d_from"]["path"] == str(src)
+    got = build_default(out, multi_steps=2, span_steps=1, work=work, from_model=src, log=lambda *_: None)
+    assert got["complete"] and got["multi_heads"]["steps"] == 2 and got["span_heads"]["steps"] == 1
+    assert got["stages_1_to_2d_from"]["path"] == str(src)
     assert got["lookup_heads"]["steps"] == card["lookup_heads"]["steps"]  # the stages before are the source's
     before, after = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in after if "language_model" in k)
     assert all(torch.equal(before[k], after[k]) for k in after if "vision_tower" in k)  # the tower stays frozen
-    with pytest.raises(InstitError, match="stage 2e already"):
-        build_default(tmp_path / "again", multi_steps=2, work=work, from_model=out, log=lambda *_: None)
+    with pytest.raises(InstitError, match="stage 2f already"):
+        build_default(tmp_path / "again", work=work, from_model=out, log=lambda *_: None)
+
+    to_2e = tmp_path / "to-2e"  # a model trained up to 2e: only 2f runs, 2e's record is kept
+    shutil.copytree(out, to_2e)
+    card_2e = json.loads((to_2e / "training.json").read_text())
+    card_2e.pop("span_heads")
+    (to_2e / "training.json").write_text(json.dumps(card_2e))
+    (work / "span-state.pt").unlink()
+    got = build_default(tmp_path / "out-2f", span_steps=1, work=work, from_model=to_2e, log=lambda *_: None)
+    assert got["complete"] and got["multi_heads"] == card_2e["multi_heads"] and got["span_heads"]["steps"] == 1
+    assert got["stages_1_to_2e_from"]["path"] == str(to_2e)
+    assert got["stages_1_to_2e_from"]["stages_1_to_2d_from"]["path"] == str(src)  # the chain of provenance
+
     (src / "training.json").unlink()
     with pytest.raises(InstitError, match="no training.json"):
         build_default(tmp_path / "again", multi_steps=2, work=work, from_model=src, log=lambda *_: None)

@@ -8,7 +8,13 @@ first A-D character; the option texts are lower case), and three auxiliary terms
   (``A`` of ``A. red``);
 - after layer ``L2`` (the final norm + ``lm_head``, a logit lens), each option's last text token predicts its
   letter, so the letter is in a direction the output can copy;
-- head ``H2`` of layer ``L2``, at the answer's last text token, attends to the right option's last text token.
+- head ``H2`` of layer ``L2``, at the answer's last text token, attends to the right option's last text token;
+- with ``spans`` (stage 2f, the tenth session): head ``HS`` of layer ``LS``, at each option's last text token and
+  at the answer's, spreads its attention evenly over that text's other tokens (all but the last; a one-token
+  text: that token), so the residual there carries the whole text, not only its last token. Without it,
+  ``bottom-right`` and ``middle-right`` end in the same ``right`` and head H2 picked either: on make demo's
+  bench 9 of 28 position answers had the right text and the letter of another option ending in the same word
+  (``to the left of`` / ``to the right of`` end in ``of``).
 
 Measured (issue 14, fifth session): with the image's code rows in the official MC prompt, the letter given
 the right text went from 0.27 to 0.79 in 500 steps of 16; without the lens term it stayed at 0.26 with the
@@ -25,6 +31,7 @@ from ..prompting import IMAGE_TOKEN, render_chat
 
 L1, H1 = 1, 0  # option text -> its letter
 L2, H2 = 3, 0  # answer text -> the right option's text (the last layer of the 4-layer default LLM)
+LS, HS = 2, 3  # an option's / the answer's last text token -> all of that text's tokens (a head no other term uses)
 _OPTION = re.compile(r"\n([ABCD])\. ([^\n]+)(?=\n)")
 
 
@@ -41,6 +48,8 @@ class LetterPositions:
     last: dict  # option letter -> position of its text's last token
     answer_last: int  # the position that predicts the letter (the answer text's last token when " B" is one token)
     answer: str  # the right letter
+    spans: dict | None = None  # option letter -> positions of its text's tokens but the last (one token: it)
+    answer_span: tuple[int, ...] = ()  # the same for the answer text
 
 
 def letter_positions(sample, input_ids: list[int], tokenizer, template: str) -> LetterPositions | None:
@@ -64,14 +73,22 @@ def letter_positions(sample, input_ids: list[int], tokenizer, template: str) -> 
         raise InstitError(f"letter heads: no token covers character {ch}")
 
     u0 = text.index(user)
-    letter, last = {}, {}
+    letter, last, spans = {}, {}, {}
     for k, v in opts.items():
         key = f"\n{k}. {v}"
         j = u0 + user.index(key + "\n" if key + "\n" in user else key)
         letter[k] = at(j + 1)
         last[k] = at(j + len(key) - 1)
+        spans[k] = _but_last(at(j + 4), last[k])
     a0 = text.rindex(ans)
-    return LetterPositions(letter, last, at(a0 + len(ans) - 1) - 1, m.group(2))
+    answer_last = at(a0 + len(ans) - 1) - 1
+    return LetterPositions(letter, last, answer_last, m.group(2), spans, _but_last(at(a0), answer_last))
+
+
+def _but_last(first: int, last: int) -> tuple[int, ...]:
+    """A text's token positions ``first..last`` without the last one, which the residual there is already;
+    a one-token text keeps its token (measured: the whole span, last included, left the letters as they were)."""
+    return tuple(range(first, last)) if last > first else (first,)
 
 
 def lens_loss(out, hidden_index: int, picks: list, lm_head, norm):
@@ -85,14 +102,17 @@ def lens_loss(out, hidden_index: int, picks: list, lm_head, norm):
     return F.cross_entropy(logits, torch.tensor([t for *_, t in picks], device=logits.device))
 
 
-def letter_head_loss(out, positions: list, shifts: list[int], lm_head, norm, letter_ids: dict):
-    """The three auxiliary terms for a batch (``out`` with attentions and hidden states); samples whose
-    ``positions`` is None add nothing. ``shifts``: how far the image rows moved each sample's later tokens."""
+def letter_head_loss(out, positions: list, shifts: list[int], lm_head, norm, letter_ids: dict,
+                     spans: bool = False):
+    """The three auxiliary terms for a batch (``out`` with attentions and hidden states), with ``spans`` the
+    fourth (head HS over each text's own tokens); samples whose ``positions`` is None add nothing.
+    ``shifts``: how far the image rows moved each sample's later tokens."""
     import torch
 
     if all(p is None for p in positions):
         return None
     a1, a2 = out.attentions[L1][:, H1], out.attentions[L2][:, H2]
+    a_s = out.attentions[LS][:, HS] if spans else None
     att, picks = [], []
     for i, (p, s) in enumerate(zip(positions, shifts)):
         if p is None:
@@ -100,5 +120,16 @@ def letter_head_loss(out, positions: list, shifts: list[int], lm_head, norm, let
         for k in "ABCD":
             att.append(-torch.log(a1[i, p.last[k] + s, p.letter[k] + s] + 1e-6))
             picks.append((i, p.last[k] + s, letter_ids[k]))
+            if spans:
+                att.append(span_nll(a_s[i], p.last[k] + s, [t + s for t in p.spans[k]]))
         att.append(-torch.log(a2[i, p.answer_last + s, p.last[p.answer] + s] + 1e-6))
+        if spans:
+            att.append(span_nll(a_s[i], p.answer_last + s, [t + s for t in p.answer_span]))
     return torch.stack(att).mean() + lens_loss(out, L2, picks, lm_head, norm)
+
+
+def span_nll(attn, query: int, keys: list[int]):
+    """Cross-entropy of one head's attention row ``attn[query]`` against the even spread over ``keys``."""
+    import torch
+
+    return -torch.log(attn[query, keys] + 1e-6).mean()
