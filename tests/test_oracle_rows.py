@@ -471,6 +471,26 @@ def test_relation_terms_train_the_second_heads_onto_the_second_instance(rng):
     assert torch.isclose(alone, -torch.log(out.attentions[LP][0, HP, q, [image_pos + r for r in a_rows]].sum() + 1e-6))
 
 
+def test_stage_2f_pool_repeats_the_questions_with_several_word_options(world):
+    """Stage 2f's pool: 2e's, plus every position, relation and video MC question twice more; a colour or shape
+    question (one-word options) as often as in 2e."""
+    from collections import Counter
+
+    from instit_edge.train.default_model import SPAN_REPEAT, _multi_pool, bench_samples
+
+    qa_tl = bench_samples(world, text_letter=True)  # (stage_samples holds 96 MC out: all of this small world's)
+    pool_2e, _, _ = _multi_pool(qa_tl)
+    pool_2f, _, _ = _multi_pool(qa_tl, option_spans=True)
+    n_2e, n_2f = Counter(map(id, pool_2e)), Counter(map(id, pool_2f))
+    seen = Counter()
+    for x in qa_tl:
+        q = x.turns[0][0]
+        several = x.kind == "video-mc" or (x.kind == "image-mc" and ("Where is [" in q or "Complete the sentence" in q))
+        assert n_2f[id(x)] - n_2e[id(x)] == (SPAN_REPEAT - 1 if several else 0), q[-200:]
+        seen[(x.kind, several)] += 1
+    assert seen[("image-mc", True)] and seen[("video-mc", True)] and seen[("image-mc", False)], seen
+
+
 def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world, tmp_path):
     """``make train-default --from-model``: stages 2e and 2f run from a model this recipe trained up to 2d (the
     committed weights, with their card's 2e and 2f records removed), only 2f from one trained up to 2e; the

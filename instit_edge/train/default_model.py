@@ -73,7 +73,6 @@ import json
 import math
 import os
 import random
-import re
 import time
 from pathlib import Path
 
@@ -723,7 +722,6 @@ VIDEO_REPEAT = 1  # stage 2e: each video question this many times (2 cost image 
 
 
 SPAN_REPEAT = 3  # stage 2f: each MC question with several-word options (below) this many times more
-_SEVERAL_WORDS = re.compile(r"Where is \[\d+\] located|Complete the sentence:")  # image MC: positions, relations
 
 
 def _multi_pool(qa_tl: list, option_spans: bool = False) -> tuple[list, list, list]:
@@ -733,15 +731,20 @@ def _multi_pool(qa_tl: list, option_spans: bool = False) -> tuple[list, list, li
     MC question) ``SPAN_REPEAT - 1`` times more: the ones whose letters the option-span head is for. Measured on
     a 692 + 151 question bench (seed 4242): adding every other MC question instead (shapes and colours too)
     scored image MC 67.1 against 70.4."""
-    from .lookup_heads import _COUNT, _EXTREME, _RELATION
+    from .lookup_heads import _COUNT, _EXTREME, _ONE_ID, _RELATION
 
     multi = [x for x in qa_tl if x.kind == "image-mc" and any(r.search(x.turns[0][0])
                                                               for r in (_RELATION, _EXTREME, _COUNT))]
     videos = [x for x in qa_tl if x.kind.startswith("video-")]
     pool = qa_tl + multi * (MULTI_REPEAT - 1) + videos * (VIDEO_REPEAT - 1)
+
+    def several_words(q: str) -> bool:  # a position (``top-left``) or a relation (``to the left of``)
+        one = _ONE_ID.search(q)
+        return bool(one and one.group("kp")) or bool(_RELATION.search(q))
+
     if option_spans:
         pool += [x for x in qa_tl if x.kind == "video-mc" or (x.kind == "image-mc" and
-                                                             _SEVERAL_WORDS.search(x.turns[0][0]))] * (SPAN_REPEAT - 1)
+                                                             several_words(x.turns[0][0]))] * (SPAN_REPEAT - 1)
     return pool, multi, videos
 
 
