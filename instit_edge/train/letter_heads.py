@@ -61,16 +61,10 @@ def letter_positions(sample, input_ids: list[int], tokenizer, template: str) -> 
         return None
     first = f"{IMAGE_TOKEN}\n{user}" if sample.media() else user
     text = render_chat(template, [("user", first), ("assistant", ans)], add_generation_prompt=False)
-    enc = tokenizer(text, return_offsets_mapping=True)
-    if enc["input_ids"] != list(input_ids):
-        raise InstitError("letter heads: the sample's tokens differ from the rendered chat; re-encode it")
-    offs = enc["offset_mapping"]
+    offs = token_offsets(tokenizer, text, input_ids, "letter heads")
 
     def at(ch: int) -> int:
-        for i, (a, b) in enumerate(offs):
-            if a <= ch < b:
-                return i
-        raise InstitError(f"letter heads: no token covers character {ch}")
+        return token_at(offs, ch, "letter heads")
 
     u0 = text.index(user)
     letter, last, spans = {}, {}, {}
@@ -83,6 +77,23 @@ def letter_positions(sample, input_ids: list[int], tokenizer, template: str) -> 
     a0 = text.rindex(ans)
     answer_last = at(a0 + len(ans) - 1) - 1
     return LetterPositions(letter, last, answer_last, m.group(2), spans, _but_last(at(a0), answer_last))
+
+
+def token_offsets(tokenizer, text: str, input_ids: list[int], who: str) -> list:
+    """The character span of each token of ``text``, which must encode to the sample's ``input_ids``
+    (``who``: the supervision asking, for the message)."""
+    enc = tokenizer(text, return_offsets_mapping=True)
+    if enc["input_ids"] != list(input_ids):
+        raise InstitError(f"{who}: the sample's tokens differ from the rendered chat; re-encode it")
+    return enc["offset_mapping"]
+
+
+def token_at(offsets, ch: int, who: str) -> int:
+    """The token covering character ``ch``."""
+    for i, (a, b) in enumerate(offsets):
+        if a <= ch < b:
+            return i
+    raise InstitError(f"{who}: no token covers character {ch}")
 
 
 def _but_last(first: int, last: int) -> tuple[int, ...]:

@@ -45,6 +45,7 @@ import numpy as np
 
 from ..errors import InstitError
 from ..prompting import IMAGE_TOKEN, render_chat
+from .letter_heads import token_at, token_offsets
 
 LQ, HQ = 1, 1  # answer start -> the ID in the question
 LP, HP = 2, 1  # answer start -> the instance's image rows
@@ -166,18 +167,11 @@ def lookup_positions(sample, input_ids: list[int], tokenizer, template: str,
 
 
 def _offsets(tokenizer, text: str, input_ids: list[int]) -> list:
-    """The character span of each token of ``text``, which must encode to the sample's ``input_ids``."""
-    enc = tokenizer(text, return_offsets_mapping=True)
-    if enc["input_ids"] != list(input_ids):
-        raise InstitError("lookup heads: the sample's tokens differ from the rendered chat; re-encode it")
-    return enc["offset_mapping"]
+    return token_offsets(tokenizer, text, input_ids, "lookup heads")
 
 
 def _token_at(offsets, ch: int) -> int:
-    for i, (a, b) in enumerate(offsets):
-        if a <= ch < b:
-            return i
-    raise InstitError(f"lookup heads: no token covers character {ch}")
+    return token_at(offsets, ch, "lookup heads")
 
 
 def multi_positions(sample, input_ids: list[int], tokenizer, template: str,
