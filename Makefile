@@ -70,7 +70,9 @@ bench: setup
 # tower + projector into a readable per-patch code, the LLM on oracle rows (short lookups), then on the
 # tower's code rows (MC lookups, the letter step, bench questions, the lookup supervised, then the relation /
 # extreme / count lookups supervised, then the option-span head of the letter step). ~130 CPU minutes on 2 cores;
-# resumable. TRAIN_ARGS="--from-model DIR" runs only the stages after 2d (or 2e) from a model trained up to there.
+# resumable. TRAIN_ARGS="--from-model DIR" runs only the stages after 2d (or 2e, 2f) from a model trained up to there;
+# TRAIN_ARGS="--from-model models/default --count-steps 400 --out models/count" the counting experiment (stage 2g,
+# off by default: it did not help; the later --out wins).
 train-default: setup
 	$(PY) -m instit_edge.train.default_model --out models/default $(TRAIN_ARGS)
 

@@ -61,6 +61,16 @@ def bundles(workdir, tiny_models):
     return get
 
 
+def default_world(tmp_path_factory, name: str, seed: int, images: int, videos: int) -> Path:
+    """A small synthetic world at the default model's 128 px, as many training items as bench items."""
+    from instit_edge.data.synth import build_world
+
+    out = tmp_path_factory.mktemp(name) / "world"
+    build_world(out, seed=seed, n_images=images, n_videos=videos, image_size=(128, 128), n_train_images=images,
+                n_train_videos=videos)
+    return out
+
+
 def draw_seed(what: str) -> int:
     """A fresh seed for one random test (or ``INSTIT_SEED`` from the environment), printed so that a failure
     shows how to replay it: ``INSTIT_SEED=<seed> pytest ...``."""

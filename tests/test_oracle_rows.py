@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import default_world
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "default"
@@ -19,11 +20,7 @@ DEFAULT = ROOT / "models" / "default"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from instit_edge.data.synth import build_world
-
-    out = tmp_path_factory.mktemp("oracle") / "world"
-    build_world(out, seed=5, n_images=6, n_videos=2, image_size=(128, 128), n_train_images=6, n_train_videos=2)
-    return out
+    return default_world(tmp_path_factory, "oracle", seed=5, images=6, videos=2)
 
 
 @pytest.fixture(scope="module")
@@ -492,10 +489,10 @@ def test_stage_2f_pool_repeats_the_questions_with_several_word_options(world):
 
 
 def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world, tmp_path):
-    """``make train-default --from-model``: stages 2e and 2f run from a model this recipe trained up to 2d (the
-    committed weights, with their card's 2e and 2f records removed), only 2f from one trained up to 2e; the
-    card says where the earlier stages came from; the LLM changes, the tower does not; a model that has 2f
-    already, or has no card, is refused with what to do."""
+    """``make train-default --from-model``: stages 2e, 2f and 2g run from a model this recipe trained up to 2d (the
+    committed weights, with their card's later records removed), 2f and 2g from one trained up to 2e, only 2g
+    from one trained up to 2f; the card says where the earlier stages came from; the LLM changes, the tower does
+    not; a model that has 2g already, or has no card, is refused with what to do."""
     import json
     import shutil
 
@@ -505,36 +502,52 @@ def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world,
     from instit_edge.errors import InstitError
     from instit_edge.train.default_model import build_default
 
+    def without(src, dst, *stages):
+        shutil.copytree(src, dst)
+        card = json.loads((dst / "training.json").read_text())
+        for k in stages:
+            card.pop(k, None)
+        (dst / "training.json").write_text(json.dumps(card))
+        return card
+
     src = tmp_path / "trained"
-    shutil.copytree(DEFAULT, src)
-    card = json.loads((src / "training.json").read_text())
-    card.pop("multi_heads", None)
-    card.pop("span_heads", None)
-    (src / "training.json").write_text(json.dumps(card))
+    card = without(DEFAULT, src, "multi_heads", "span_heads", "count_heads")
     work = tmp_path / "work"
     work.mkdir()
     (work / "world").symlink_to(world)  # the fixture's small world stands in for the training world
     out = tmp_path / "out"
-    got = build_default(out, multi_steps=2, span_steps=1, work=work, from_model=src, log=lambda *_: None)
+    got = build_default(out, multi_steps=2, span_steps=1, count_steps=1, work=work, from_model=src,
+                        log=lambda *_: None)
     assert got["complete"] and got["multi_heads"]["steps"] == 2 and got["span_heads"]["steps"] == 1
+    assert got["count_heads"]["steps"] == 1
     assert got["stages_1_to_2d_from"]["path"] == str(src)
     assert got["lookup_heads"]["steps"] == card["lookup_heads"]["steps"]  # the stages before are the source's
     before, after = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in after if "language_model" in k)
     assert all(torch.equal(before[k], after[k]) for k in after if "vision_tower" in k)  # the tower stays frozen
-    with pytest.raises(InstitError, match="stage 2f already"):
+    with pytest.raises(InstitError, match="stage 2g already"):
         build_default(tmp_path / "again", work=work, from_model=out, log=lambda *_: None)
 
-    to_2e = tmp_path / "to-2e"  # a model trained up to 2e: only 2f runs, 2e's record is kept
-    shutil.copytree(out, to_2e)
-    card_2e = json.loads((to_2e / "training.json").read_text())
-    card_2e.pop("span_heads")
-    (to_2e / "training.json").write_text(json.dumps(card_2e))
+    card_2e = without(out, tmp_path / "to-2e", "span_heads", "count_heads")  # up to 2e: 2f and 2g run
     (work / "span-state.pt").unlink()
-    got = build_default(tmp_path / "out-2f", span_steps=1, work=work, from_model=to_2e, log=lambda *_: None)
+    (work / "count-state.pt").unlink()
+    got = build_default(tmp_path / "out-2f", span_steps=1, count_steps=1, work=work, from_model=tmp_path / "to-2e",
+                        log=lambda *_: None)
     assert got["complete"] and got["multi_heads"] == card_2e["multi_heads"] and got["span_heads"]["steps"] == 1
-    assert got["stages_1_to_2e_from"]["path"] == str(to_2e)
+    assert got["stages_1_to_2e_from"]["path"] == str(tmp_path / "to-2e")
     assert got["stages_1_to_2e_from"]["stages_1_to_2d_from"]["path"] == str(src)  # the chain of provenance
+
+    card_2f = without(tmp_path / "out-2f", tmp_path / "to-2f", "count_heads")  # up to 2f: only 2g runs
+    (work / "count-state.pt").unlink()
+    got = build_default(tmp_path / "out-2g", count_steps=1, work=work, from_model=tmp_path / "to-2f",
+                        log=lambda *_: None)
+    assert got["complete"] and got["span_heads"] == card_2f["span_heads"] and got["count_heads"]["steps"] == 1
+    assert got["stages_1_to_2f_from"]["path"] == str(tmp_path / "to-2f")
+    half = without(tmp_path / "out-2g", tmp_path / "half-2f", "count_heads")
+    half["span_heads"]["steps"] = 0.5 * half["span_heads"]["target_steps"]
+    (tmp_path / "half-2f" / "training.json").write_text(json.dumps(half))
+    with pytest.raises(InstitError, match="stage 2f is not complete"):
+        build_default(tmp_path / "again", work=work, from_model=tmp_path / "half-2f", log=lambda *_: None)
 
     (src / "training.json").unlink()
     with pytest.raises(InstitError, match="no training.json"):

@@ -21,12 +21,11 @@ import argparse
 from pathlib import Path
 
 import torch
+from probe_forward import load_for_probe, probed
 
-from instit_edge.models.loading import load_model
-from instit_edge.train.default_model import IMAGE, PATCH, FrozenVisionRows, bench_samples, lookup_samples
-from instit_edge.train.encode import build_batch, encode_text
+from instit_edge.train.default_model import bench_samples, lookup_samples
 from instit_edge.train.letter_heads import _OPTION
-from instit_edge.train.lookup_heads import HP, HQ, LP, LQ, InstanceRows, lookup_positions
+from instit_edge.train.lookup_heads import HP, HQ, LP, LQ, lookup_positions
 
 ap_ = argparse.ArgumentParser()
 ap_.add_argument("model")
@@ -35,10 +34,8 @@ ap_.add_argument("--short", action="store_true", help="bare-word lookups instead
 ap_.add_argument("--limit", type=int, default=240)
 a = ap_.parse_args()
 
-model, proc = load_model(a.model)
-world, tok = Path(a.world), proc.tokenizer
-model.model.language_model.config._attn_implementation = "eager"
-rows, inst = FrozenVisionRows(model, proc), InstanceRows(world, IMAGE // PATCH)
+model, tok, rows, inst = load_for_probe(a.model, a.world)
+world = Path(a.world)
 if a.short:
     samples = [s for s in lookup_samples(world) if not s.kind.endswith("-mc")][:a.limit]
 else:
@@ -49,16 +46,15 @@ seen = {}
 hook = lp_attn.o_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("x", i[0]))
 dh = lp_attn.head_dim
 n = n4 = 0
-model.eval()
+
+
+def asked(s, ids):
+    p = lookup_positions(s, ids, tok, "vicuna_v1", inst)
+    return p if p is not None and p.answer_token is not None else None
+
+
 with torch.no_grad():
-    for s in samples:
-        e = encode_text(s, tok, "vicuna_v1")
-        p = lookup_positions(s, e.input_ids, tok, "vicuna_v1", inst)
-        if p is None or p.answer_token is None:
-            continue
-        embeds, mask, _ = build_batch(model, rows, [s], [e])
-        out = model(inputs_embeds=embeds, attention_mask=mask, output_attentions=True, output_hidden_states=True)
-        sh = int(mask[0].sum()) - len(e.input_ids)  # the image rows minus their placeholder
+    for s, p, out, sh in probed(model, rows, samples, tok, asked):
         q = p.answer_pred + sh
         n += 1
         stats["aq"] += float(out.attentions[LQ][0, HQ, q, p.id_token + sh])

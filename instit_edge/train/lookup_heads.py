@@ -99,13 +99,13 @@ class InstanceRows:
         what = m.group("what")
         return [int(k) for k, v in inst.items() if what in (f"{v['color']} instances", _plural(v["shape"]))]
 
-    def rows(self, image: str | Path, instance: int) -> list[int]:
-        """Patches where the instance covers at least ``min_cover`` of the pixels; else its best-covered patch."""
+    def _patches(self, image: str | Path) -> np.ndarray | None:
+        """[grid * grid, pixels per patch] instance ids of the image's mask, raster order; None: not in the world."""
         from PIL import Image
 
         key = str(Path(image).resolve())
         if key not in self.masks:
-            return []
+            return None
         if key not in self._cache:
             m = np.asarray(Image.open(self.masks[key]))
             g = self.grid
@@ -113,7 +113,22 @@ class InstanceRows:
                 raise InstitError(f"lookup heads: mask {m.shape[:2]} is not a multiple of the {g}x{g} grid")
             self._cache[key] = m.reshape(g, m.shape[0] // g, g, m.shape[1] // g).transpose(0, 2, 1, 3).reshape(
                 g * g, -1)
-        patches = self._cache[key]
+        return self._cache[key]
+
+    def centres(self, image: str | Path) -> np.ndarray | None:
+        """[grid * grid] the instance at each patch's centre pixel (0: background), what the row's code carries
+        (``default_model._patch_targets``); None: the image is not in the world."""
+        patches = self._patches(image)
+        if patches is None:
+            return None
+        side = int(round(patches.shape[1] ** 0.5))
+        return patches[:, (side // 2) * side + side // 2]
+
+    def rows(self, image: str | Path, instance: int) -> list[int]:
+        """Patches where the instance covers at least ``min_cover`` of the pixels; else its best-covered patch."""
+        patches = self._patches(image)
+        if patches is None:
+            return []
         cover = (patches == instance).mean(1)
         sel = [int(i) for i in np.nonzero(cover >= self.min_cover)[0]]
         if not sel and cover.max() > 0:
@@ -227,11 +242,11 @@ def multi_positions(sample, input_ids: list[int], tokenizer, template: str,
 
 
 class HeadOutput:
-    """Head ``HP`` of layer ``LP``'s own contribution to the residual stream, kept by a hook on ``o_proj``
-    (its slice of the attention output times its columns of ``o_proj``): what the head read from the rows."""
+    """Head ``HP`` of layer ``LP``'s (or the given head's) own contribution to the residual stream, kept by a hook
+    on ``o_proj`` (its slice of the attention output times its columns of ``o_proj``): what the head read."""
 
-    def __init__(self, language_model):
-        self.attn = language_model.layers[LP].self_attn
+    def __init__(self, language_model, layer: int = LP, head: int = HP):
+        self.attn, self.head = language_model.layers[layer].self_attn, head
         self._x = None
         self._hook = self.attn.o_proj.register_forward_hook(self._keep)
 
@@ -243,7 +258,7 @@ class HeadOutput:
         if self._x is None:
             raise InstitError("lookup heads: no forward pass has run since the head output hook was added")
         d = self.attn.head_dim
-        cols = slice(HP * d, (HP + 1) * d)
+        cols = slice(self.head * d, (self.head + 1) * d)
         return self._x[..., cols] @ self.attn.o_proj.weight[:, cols].T
 
     def close(self) -> None:
