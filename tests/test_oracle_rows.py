@@ -568,3 +568,17 @@ def test_train_default_refuses_a_bad_from_model_in_one_line(tmp_path):
     assert r.returncode == 2, r.stderr
     assert len(err) == 1 and err[0].startswith("error:") and "training.json" in err[0], r.stderr
     assert not (tmp_path / "w" / "world").exists() and not (tmp_path / "out").exists()
+
+
+def test_train_default_refuses_a_negative_step_count_in_one_line(tmp_path):
+    """``make train-default TRAIN_ARGS="--count-steps -1"`` would skip a stage without a word: it is refused with
+    exit code 2 before anything is built."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "instit_edge.train.default_model", "--out", str(tmp_path / "m"),
+                        "--count-steps", "-1", "--batch", "0"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert "--count-steps, --batch must be >= 0" in r.stderr
+    assert not (tmp_path / "m").exists()

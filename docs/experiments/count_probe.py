@@ -14,13 +14,14 @@ On a world's image count MC questions (official prompts, answered ``<number> <le
 Measured (twelfth session; 143 questions of a seed-4242 world, true counts 0/1/2/3: 13/99/29/2). The committed
 stage-2f weights: mark 0.14, sink share ~0 for every n, lens 0.69, final 0.69 (always "1", the prior). After 400
 steps of stage 2g from them (`python -m instit_edge.train.default_model --from-model models/default
---count-steps 400`), three variants:
+--count-steps 400`), four variants:
 
 | 2g variant | mark | sink share n = 0 / 1 / 2 / 3 | on counted firsts n = 1 / 2 / 3 | on all firsts | final |
 |---|---|---|---|---|---|
 | count term weight 1 | 0.94 | 0.56 / 0.53 / 0.52 / 0.49 | 0.16 / 0.28 / 0.41 | 0.42 | 0.69 |
 | weight 4 | 0.96 | 0.54 / 0.52 / 0.50 / 0.44 | 0.17 / 0.30 / 0.51 | 0.45 | 0.69 |
 | weight 4 + HQ hops to the counted word (0.999 of it there) | 0.96 | 0.54 / 0.53 / 0.49 / 0.46 | 0.16 / 0.29 / 0.47 | 0.44 | 0.69 |
+| the same, count head LC, HC = 3, 1 (set on the module before this script imports it) | 0.96 | 0.57 / 0.53 / 0.52 / 0.38 | 0.16 / 0.28 / 0.54 | 0.43 | 0.69 |
 
 (targets: sink 1 / 0.5 / 0.33 / 0.25.) The marks are learned; the count head spreads over every instance's mark
 instead of the counted ones, even once the question's colour / shape word is brought to its query, so its share

@@ -18,7 +18,7 @@ to do instead, inside the LLM (the weights stay a plain Llama):
 - head ``HQ`` of layer ``LQ`` (the lookup's hop to the question's ID) hops, at that position, to the question's
   word for what is counted (``red`` / ``stars``), so head HC's query knows which marks to count (``WHAT_HOP``).
 
-Status: an experiment, off by default (``--count-steps 0``). Three 400-step runs from the committed 2f weights
+Status: an experiment, off by default (``--count-steps 0``). Four 400-step runs from the committed 2f weights
 (twelfth session) learned the marks (0.94-0.96 of head HF's attention on its target) and the hop (0.999), but
 head HC spread over every instance's mark, not only the counted ones (sink share 0.54 / 0.53 / 0.49 / 0.46 for
 counts 0-3): the answer stayed "1" (count 68.2 on seed 4242, unchanged) and image / video MC fell (70.4 / 47.7

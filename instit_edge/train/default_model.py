@@ -61,7 +61,7 @@ world lay mostly under their ID label and could not be read), stage 2e from thos
 stage 2f from those (``--from-model``, 14 CPU minutes). Image MC 69.6 / video MC 48.7 on ``make demo``'s bench,
 70.3 / 45.9 on the test's, 70.4 / 47.7 on a 692 / 151 question one, against 25 for chance; the issue's 80 / 60
 are not met: colour, shape, position and relations are read, counting, extremes and the video temporal
-questions mostly not (stage 2g, tried three ways for counting, did not move it). The model card has the
+questions mostly not (stage 2g, tried four ways for counting, did not move it). The model card has the
 measurements.
 
 Everything is deterministic for a seed, and every stage resumes after a kill:
@@ -1126,16 +1126,23 @@ if __name__ == "__main__":
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--budget-minutes", type=float, default=None, help="Stop (resumably) after this long.")
     ap.add_argument("--from-model", default=None,
-                    help="A model this recipe trained up to stage 2d or 2e: run only the later stages from its weights.")
+                    help="A model this recipe trained up to stage 2d, 2e or 2f: run only the later stages from its "
+                         "weights.")
     a = ap.parse_args()
+    import sys
+
+    bad = [f"--{k.replace('_', '-')}" for k, v in vars(a).items()
+           if (k.endswith("_steps") and v < 0) or (k in ("batch", "images", "videos") and v < 1)]
+    if bad:  # a negative step count would silently skip (or half-run) a stage
+        print(f"error: {', '.join(bad)} must be >= 0 (steps) or >= 1 (batch, images, videos); give a count",
+              file=sys.stderr)
+        sys.exit(2)
     try:
         card = build_default(a.out, a.seed, a.images, a.videos, a.vision_steps, a.code_steps, a.lookup_steps,
                              a.mc_steps, a.heads_steps, a.vlm_steps, a.lookup_heads_steps, a.multi_steps,
                              a.span_steps, a.count_steps, a.batch, a.lr, a.work, a.budget_minutes,
                              from_model=a.from_model)
     except InstitError as e:  # one line and the exit code, as the CLI does
-        import sys
-
         print(f"error: {e.message}", file=sys.stderr)
         sys.exit(e.exit_code)
     print(json.dumps({k: v for k, v in card.items() if k != "vlm"}, indent=2, default=str))
