@@ -25,9 +25,9 @@ steps of stage 2g from them (`python -m instit_edge.train.default_model --from-m
 
 (targets: sink 1 / 0.5 / 0.33 / 0.25.) The marks are learned; the count head spreads over every instance's mark
 instead of the counted ones, even once the question's colour / shape word is brought to its query, so its share
-does not say the number and the answer stays "1". The same loss on a 4-layer Llama trained on it alone does
-learn the selective spread (tests/test_count_heads.py): inside the bench-trained model it loses to the rest of
-the stage.
+does not say the number and the answer stays "1": the head never matches the question's colour / shape against
+the marks. (tests/test_count_heads.py trains the same loss alone on a 4-layer Llama and it learns the spread,
+but there each count's word is its own token: it shows the loss trains, not that this matching is learnable.)
 """
 
 import argparse
