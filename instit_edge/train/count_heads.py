@@ -4,7 +4,7 @@ The default model answered "1" to every count question after stage 2f (101 of 14
 bench: the prior). Its image rows carry, per patch, the covering instance's ID, colour, shape and position:
 a head attending to every red patch reads a mixture weighted by area, and how many *distinct* instances it
 holds is not linear in it (eleventh session: linear and MLP probes on that head's output, and on the residual
-after every layer, at the position that predicts the count, scored the prior, 0.72). Two heads are told what
+after every layer, at the position that predicts the count, scored the prior, 0.72). Three heads are told what
 to do instead, inside the LLM (the weights stay a plain Llama):
 
 - head ``HF`` of layer ``LF``, at every image row that covers an instance (the instance at the patch centre,
