@@ -72,7 +72,8 @@ bench: setup
 # extreme / count lookups supervised, then the option-span head of the letter step). ~130 CPU minutes on 2 cores;
 # resumable. TRAIN_ARGS="--from-model DIR" runs only the stages after 2d (or 2e, 2f) from a model trained up to there;
 # TRAIN_ARGS="--from-model models/default --count-steps 400 --out models/count" the counting experiment (stage 2g,
-# off by default: it did not help; the later --out wins).
+# off by default: it did not help; the later --out wins); --oe-steps 400 stage 2h (open-ended lookups supervised at
+# the word; off by default: it cost video MC).
 train-default: setup
 	$(PY) -m instit_edge.train.default_model --out models/default $(TRAIN_ARGS)
 

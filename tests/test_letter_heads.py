@@ -128,3 +128,65 @@ def test_span_term_spreads_a_head_over_the_whole_option(tok, rng):
     a = out.attentions[LS][0, HS]
     k = max("ABCD", key=lambda x: len(p.spans[x]))  # the longest option: no token of it left out
     assert min(float(a[p.last[k], t]) for t in p.spans[k]) > 0.4 / len(p.spans[k])
+
+
+def test_span_read_trains_the_span_heads_own_output_to_name_the_text(tok, rng, monkeypatch):
+    """The span read (an experiment, off by default: ``SPAN_READ_WEIGHT`` 0): with it, head HS's own output,
+    through the final norm and ``lm_head``, comes to name the other tokens of a several-token text at its last
+    token; the same training from the same weights without it does not; weight 0 leaves the loss as it was."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from instit_edge.train import letter_heads
+    from instit_edge.train.encode import encode_text
+    from instit_edge.train.letter_heads import HS, LS, letter_head_loss, letter_positions
+    from instit_edge.train.lookup_heads import HeadOutput
+
+    torch.manual_seed(int(rng.integers(1000)))
+    start = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                                         attn_implementation="eager"))
+    while True:  # a sample with a several-token option
+        s, opts, right = _sample(rng)
+        text = type(s)(s.turns)
+        enc = encode_text(text, tok, "vicuna_v1")
+        p = letter_positions(text, enc.input_ids, tok, "vicuna_v1")
+        several = [k for k in "ABCD" if p.last[k] not in p.spans[k]]
+        if several:
+            break
+    for k in "ABCD":
+        assert p.span_ids[k] == tuple(enc.input_ids[t] for t in p.spans[k])
+    ids = torch.tensor([enc.input_ids])
+    letter_ids = {x: tok.encode(" " + x, add_special_tokens=False)[-1] for x in "ABCD"}
+
+    def trained(weight):  # the share of head HS's output lens on each several-token option's other tokens
+        model = copy.deepcopy(start)
+        read = HeadOutput(model.model, LS, HS)
+        monkeypatch.setattr(letter_heads, "SPAN_READ_WEIGHT", weight)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(80):
+            out = model(input_ids=ids, output_attentions=True, output_hidden_states=True)
+            loss = letter_head_loss(out, [p], [0], model.lm_head, model.model.norm, letter_ids, True, read.value())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            model(input_ids=ids)
+            logp = torch.log_softmax(model.lm_head(model.model.norm(read.value()[0])).float(), -1)
+        read.close()
+        return [float(logp[p.last[k], list(p.span_ids[k])].exp().sum()) for k in several]
+
+    with_read, without = trained(1.0), trained(0.0)
+    assert min(with_read) > 0.15 and min(with_read) > 3 * max(without), (with_read, without)
+
+    out = start(input_ids=ids, output_attentions=True, output_hidden_states=True)
+    read = HeadOutput(start.model, LS, HS)
+    out = start(input_ids=ids, output_attentions=True, output_hidden_states=True)
+    monkeypatch.setattr(letter_heads, "SPAN_READ_WEIGHT", 0.0)
+    off = float(letter_head_loss(out, [p], [0], start.lm_head, start.model.norm, letter_ids, True, read.value()))
+    assert off == float(letter_head_loss(out, [p], [0], start.lm_head, start.model.norm, letter_ids, True))
+    monkeypatch.setattr(letter_heads, "SPAN_READ_WEIGHT", 1.0)
+    assert float(letter_head_loss(out, [p], [0], start.lm_head, start.model.norm, letter_ids, True,
+                                  read.value())) > off
+    read.close()

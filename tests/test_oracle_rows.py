@@ -294,6 +294,42 @@ def test_lookup_heads_point_at_the_id_the_answer_and_the_instance_patches(world,
     assert seen > 50 and skipped > 0  # extreme / relation / count questions name no single instance
 
 
+def test_oe_word_moves_the_open_ended_lookup_to_the_attributes_word(world, model_and_processor):
+    """Stage 2h (``oe_word``): an open-ended answer ``[2] is orange.`` / ``[3] is at the top-right of the image.``
+    is supervised where its attribute's word is predicted, with that word read among the attribute's words;
+    without it, where the answer starts (``[``) and nothing read. The same ID token and rows either way."""
+    from instit_edge.drawing import COLORS, SHAPES
+    from instit_edge.train.default_model import bench_samples
+    from instit_edge.train.encode import encode_text
+    from instit_edge.train.lookup_heads import InstanceRows, attribute_candidates, lookup_positions
+
+    tok = model_and_processor[1].tokenizer
+    rows = InstanceRows(world, 8)
+    seen = set()
+    for s in bench_samples(world, text_letter=True):
+        if s.kind != "image-oe":
+            continue
+        e = encode_text(s, tok, "vicuna_v1")
+        old = lookup_positions(s, e.input_ids, tok, "vicuna_v1", rows)
+        new = lookup_positions(s, e.input_ids, tok, "vicuna_v1", rows, oe_word=True)
+        q, a = s.turns[0]
+        if old is None:
+            assert new is None
+            continue
+        cat = "color" if "color of" in q else "shape" if "shape of" in q else "position"
+        word = a.split(" is ", 1)[1].removeprefix("a ").removeprefix("at the ").split()[0].rstrip(".")
+        word = word.split("-")[0] if cat == "position" else word
+        assert word in (list(COLORS) if cat == "color" else SHAPES if cat == "shape" else
+                        ("top", "middle", "bottom", "center")), a
+        assert tok.decode([e.input_ids[old.answer_pred + 1]]).strip() == "[" and old.answer_token is None
+        assert tok.decode([e.input_ids[new.answer_pred + 1]]).strip() == word  # it predicts the word
+        assert new.answer_token == e.input_ids[new.answer_pred + 1]
+        assert new.candidates == attribute_candidates(tok, cat) and new.answer_token in new.candidates
+        assert (new.id_token, new.image_pos, new.rows) == (old.id_token, old.image_pos, old.rows)
+        seen.add(cat)
+    assert seen == {"color", "shape", "position"}, seen
+
+
 def test_lookup_head_loss_trains_the_heads_to_attend_where_told(rng):
     """The two attention terms train a 4-layer Llama's heads onto the ID token and the instance's rows, the
     logit lens makes layer LP's output at the answer position read the answer's first token, and the head read
@@ -489,10 +525,10 @@ def test_stage_2f_pool_repeats_the_questions_with_several_word_options(world):
 
 
 def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world, tmp_path):
-    """``make train-default --from-model``: stages 2e, 2f and 2g run from a model this recipe trained up to 2d (the
-    committed weights, with their card's later records removed), 2f and 2g from one trained up to 2e, only 2g
-    from one trained up to 2f; the card says where the earlier stages came from; the LLM changes, the tower does
-    not; a model that has 2g already, or has no card, is refused with what to do."""
+    """``make train-default --from-model``: stages 2e-2h run from a model this recipe trained up to 2d (the
+    committed weights, with their card's later records removed), 2f-2h from one trained up to 2e, 2g and 2h from
+    one trained up to 2f, only 2h from one whose 2g was off; the card says where the earlier stages came from; the
+    LLM changes, the tower does not; a model that has 2h already, or has no card, is refused with what to do."""
     import json
     import shutil
 
@@ -511,39 +547,49 @@ def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world,
         return card
 
     src = tmp_path / "trained"
-    card = without(DEFAULT, src, "multi_heads", "span_heads", "count_heads")
+    card = without(DEFAULT, src, "multi_heads", "span_heads", "count_heads", "oe_heads")
     work = tmp_path / "work"
     work.mkdir()
     (work / "world").symlink_to(world)  # the fixture's small world stands in for the training world
     out = tmp_path / "out"
-    got = build_default(out, multi_steps=2, span_steps=1, count_steps=1, work=work, from_model=src,
+    got = build_default(out, multi_steps=2, span_steps=1, count_steps=1, oe_steps=1, work=work, from_model=src,
                         log=lambda *_: None)
     assert got["complete"] and got["multi_heads"]["steps"] == 2 and got["span_heads"]["steps"] == 1
-    assert got["count_heads"]["steps"] == 1
+    assert got["count_heads"]["steps"] == 1 and got["oe_heads"]["steps"] == 1
     assert got["stages_1_to_2d_from"]["path"] == str(src)
     assert got["lookup_heads"]["steps"] == card["lookup_heads"]["steps"]  # the stages before are the source's
     before, after = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in after if "language_model" in k)
     assert all(torch.equal(before[k], after[k]) for k in after if "vision_tower" in k)  # the tower stays frozen
-    with pytest.raises(InstitError, match="stage 2g already"):
+    with pytest.raises(InstitError, match="stage 2h already"):
         build_default(tmp_path / "again", work=work, from_model=out, log=lambda *_: None)
 
-    card_2e = without(out, tmp_path / "to-2e", "span_heads", "count_heads")  # up to 2e: 2f and 2g run
-    (work / "span-state.pt").unlink()
-    (work / "count-state.pt").unlink()
-    got = build_default(tmp_path / "out-2f", span_steps=1, count_steps=1, work=work, from_model=tmp_path / "to-2e",
-                        log=lambda *_: None)
+    card_2e = without(out, tmp_path / "to-2e", "span_heads", "count_heads", "oe_heads")  # up to 2e: 2f-2h run
+    for state in ("span", "count", "oe"):
+        (work / f"{state}-state.pt").unlink()
+    got = build_default(tmp_path / "out-2f", span_steps=1, count_steps=1, oe_steps=1, work=work,
+                        from_model=tmp_path / "to-2e", log=lambda *_: None)
     assert got["complete"] and got["multi_heads"] == card_2e["multi_heads"] and got["span_heads"]["steps"] == 1
     assert got["stages_1_to_2e_from"]["path"] == str(tmp_path / "to-2e")
     assert got["stages_1_to_2e_from"]["stages_1_to_2d_from"]["path"] == str(src)  # the chain of provenance
 
-    card_2f = without(tmp_path / "out-2f", tmp_path / "to-2f", "count_heads")  # up to 2f: only 2g runs
+    card_2f = without(tmp_path / "out-2f", tmp_path / "to-2f", "count_heads", "oe_heads")  # up to 2f: 2g, 2h run
     (work / "count-state.pt").unlink()
-    got = build_default(tmp_path / "out-2g", count_steps=1, work=work, from_model=tmp_path / "to-2f",
+    (work / "oe-state.pt").unlink()
+    got = build_default(tmp_path / "out-2g", count_steps=1, oe_steps=1, work=work, from_model=tmp_path / "to-2f",
                         log=lambda *_: None)
     assert got["complete"] and got["span_heads"] == card_2f["span_heads"] and got["count_heads"]["steps"] == 1
-    assert got["stages_1_to_2f_from"]["path"] == str(tmp_path / "to-2f")
-    half = without(tmp_path / "out-2g", tmp_path / "half-2f", "count_heads")
+    assert got["stages_1_to_2f_from"]["path"] == str(tmp_path / "to-2f") and got["oe_heads"]["steps"] == 1
+
+    off = without(tmp_path / "out-2g", tmp_path / "2g-off", "oe_heads")  # 2g off (as committed): only 2h runs
+    off["count_heads"] = {"steps": 0, "target_steps": 0, "curve": []}
+    (tmp_path / "2g-off" / "training.json").write_text(json.dumps(off))
+    (work / "oe-state.pt").unlink()
+    got = build_default(tmp_path / "out-2h", count_steps=5, oe_steps=1, work=work, from_model=tmp_path / "2g-off",
+                        log=lambda *_: None)
+    assert got["complete"] and got["count_heads"]["steps"] == 0 and got["oe_heads"]["steps"] == 1
+    assert got["stages_1_to_2g_from"]["path"] == str(tmp_path / "2g-off")
+    half = without(tmp_path / "out-2g", tmp_path / "half-2f", "count_heads", "oe_heads")
     half["span_heads"]["steps"] = 0.5 * half["span_heads"]["target_steps"]
     (tmp_path / "half-2f" / "training.json").write_text(json.dumps(half))
     with pytest.raises(InstitError, match="stage 2f is not complete"):

@@ -15,6 +15,12 @@ first A-D character; the option texts are lower case), and three auxiliary terms
   ``bottom-right`` and ``middle-right`` end in the same ``right`` and head H2 picked either: on make demo's
   bench 9 of 28 position answers had the right text and the letter of another option ending in the same word
   (``to the left of`` / ``to the right of`` end in ``of``).
+- the span read (an experiment of the thirteenth session, off: ``SPAN_READ_WEIGHT`` 0): head HS's own output
+  at a text's last token, through the final norm and ``lm_head``, names that text's other tokens (a one-token
+  text: itself), the head's value path, as the lookup's head read is for the lookup. 400 steps of 16 at lr 3e-4
+  from the committed 2f weights (``docs/experiments/continue_2f.py``): position MC on seed 4242 went from 69 to
+  75 (the right text's letter more often), shape fell from 71 to 64, and image / video MC on three unseen
+  benches came out below the same 400 steps without it (the model card's "Stage 2f, continued").
 
 Measured (issue 14, fifth session): with the image's code rows in the official MC prompt, the letter given
 the right text went from 0.27 to 0.79 in 500 steps of 16; without the lens term it stayed at 0.26 with the
@@ -32,6 +38,7 @@ from ..prompting import IMAGE_TOKEN, render_chat
 L1, H1 = 1, 0  # option text -> its letter
 L2, H2 = 3, 0  # answer text -> the right option's text (the last layer of the 4-layer default LLM)
 LS, HS = 2, 3  # an option's / the answer's last text token -> all of that text's tokens (a head no other term uses)
+SPAN_READ_WEIGHT = 0.0  # the span read (an experiment, thirteenth session): its weight; 0, off, did not help
 _OPTION = re.compile(r"\n([ABCD])\. ([^\n]+)(?=\n)")
 
 
@@ -50,6 +57,8 @@ class LetterPositions:
     answer: str  # the right letter
     spans: dict | None = None  # option letter -> positions of its text's tokens but the last (one token: it)
     answer_span: tuple[int, ...] = ()  # the same for the answer text
+    span_ids: dict | None = None  # option letter -> the token ids at ``spans[letter]``
+    answer_span_ids: tuple[int, ...] = ()  # the token ids at ``answer_span``
 
 
 def letter_positions(sample, input_ids: list[int], tokenizer, template: str) -> LetterPositions | None:
@@ -76,7 +85,10 @@ def letter_positions(sample, input_ids: list[int], tokenizer, template: str) -> 
         spans[k] = _but_last(at(j + 4), last[k])
     a0 = text.rindex(ans)
     answer_last = at(a0 + len(ans) - 1) - 1
-    return LetterPositions(letter, last, answer_last, m.group(2), spans, _but_last(at(a0), answer_last))
+    answer_span = _but_last(at(a0), answer_last)
+    return LetterPositions(letter, last, answer_last, m.group(2), spans, answer_span,
+                           {k: tuple(input_ids[t] for t in v) for k, v in spans.items()},
+                           tuple(input_ids[t] for t in answer_span))
 
 
 def token_offsets(tokenizer, text: str, input_ids: list[int], who: str) -> list:
@@ -114,7 +126,7 @@ def lens_loss(out, hidden_index: int, picks: list, lm_head, norm):
 
 
 def letter_head_loss(out, positions: list, shifts: list[int], lm_head, norm, letter_ids: dict,
-                     spans: bool = False):
+                     spans: bool = False, span_out=None):
     """The three auxiliary terms for a batch (``out`` with attentions and hidden states), with ``spans`` the
     fourth (head HS over each text's own tokens); samples whose ``positions`` is None add nothing.
     ``shifts``: how far the image rows moved each sample's later tokens."""
@@ -124,7 +136,7 @@ def letter_head_loss(out, positions: list, shifts: list[int], lm_head, norm, let
         return None
     a1, a2 = out.attentions[L1][:, H1], out.attentions[L2][:, H2]
     a_s = out.attentions[LS][:, HS] if spans else None
-    att, picks = [], []
+    att, picks, reads = [], [], []
     for i, (p, s) in enumerate(zip(positions, shifts)):
         if p is None:
             continue
@@ -133,10 +145,27 @@ def letter_head_loss(out, positions: list, shifts: list[int], lm_head, norm, let
             picks.append((i, p.last[k] + s, letter_ids[k]))
             if spans:
                 att.append(span_nll(a_s[i], p.last[k] + s, [t + s for t in p.spans[k]]))
+                reads.append((i, p.last[k] + s, p.span_ids[k]))
         att.append(-torch.log(a2[i, p.answer_last + s, p.last[p.answer] + s] + 1e-6))
         if spans:
             att.append(span_nll(a_s[i], p.answer_last + s, [t + s for t in p.answer_span]))
-    return torch.stack(att).mean() + lens_loss(out, L2, picks, lm_head, norm)
+            reads.append((i, p.answer_last + s, p.answer_span_ids))
+    loss = torch.stack(att).mean() + lens_loss(out, L2, picks, lm_head, norm)
+    if span_out is not None and reads and SPAN_READ_WEIGHT:
+        loss = loss + SPAN_READ_WEIGHT * span_read_loss(span_out, reads, lm_head, norm)
+    return loss
+
+
+def span_read_loss(span_out, reads: list, lm_head, norm):
+    """The span read: head HS's own output (:class:`~.lookup_heads.HeadOutput`) at a text's last token, through the
+    final norm and ``lm_head``, names that text's other tokens, a one-token text itself (cross-entropy against
+    the even spread over them).
+    ``reads``: ``(batch row, position, token ids)``."""
+    import torch
+
+    h = norm(torch.stack([span_out[i, q] for i, q, _ in reads]))
+    logp = torch.log_softmax(lm_head(h).float(), dim=-1)
+    return torch.stack([-logp[j, list(ids)].mean() for j, (*_, ids) in enumerate(reads)]).mean()
 
 
 def span_nll(attn, query: int, keys: list[int]):

@@ -151,9 +151,11 @@ def attribute_candidates(tokenizer, attribute: str) -> tuple[int, ...]:
 
 
 def lookup_positions(sample, input_ids: list[int], tokenizer, template: str,
-                     instances: InstanceRows, multi: bool = False) -> LookupPositions | None:
+                     instances: InstanceRows, multi: bool = False, oe_word: bool = False) -> LookupPositions | None:
     """Where the lookup heads are supervised in one image sample naming a single instance; None otherwise.
-    With ``multi``, relation, extreme and count MC questions too (:func:`multi_positions`)."""
+    With ``multi``, relation, extreme and count MC questions too (:func:`multi_positions`). An open-ended answer
+    (``[2] is orange.``) is supervised where it starts (``[``), or with ``oe_word`` (stage 2h) where the
+    attribute's word is predicted (``orange``), with the head read there too."""
     if sample.image is None or len(sample.turns) != 1:
         return None
     user, ans = sample.turns[0]
@@ -175,7 +177,12 @@ def lookup_positions(sample, input_ids: list[int], tokenizer, template: str,
         return None
     first = _token_at(offs, a0)
     read = None if ans.lstrip().startswith("[") else int(input_ids[first])
-    cands = attribute_candidates(tokenizer, m.group("cat") or "position") if read is not None else ()
+    cands = attribute_candidates(tokenizer, m.group("cat") or "position") if read is not None or oe_word else ()
+    if read is None and oe_word:  # "[2] is orange.": supervised where the attribute's word is predicted
+        end = _token_at(offs, a0 + len(ans.rstrip()) - 1)
+        word = next((i for i in range(first, end + 1) if input_ids[i] in cands), None)
+        if word is not None:
+            first, read = word, int(input_ids[word])
     if read not in cands:  # an answer spelled unlike the attribute's words: no head-read term
         cands = ()
     return LookupPositions(_token_at(offs, digit), first - 1, img[0], rows, read, cands)  # first - 1 predicts the answer
