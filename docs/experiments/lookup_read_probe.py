@@ -9,12 +9,19 @@ On a world's image questions that name one instance, measured on the torch weigh
 
     python docs/experiments/lookup_read_probe.py models/default out/world            # official MC prompts
     python docs/experiments/lookup_read_probe.py models/default out/world --short    # bare-word lookups
+    python docs/experiments/lookup_read_probe.py models/default out/world --oe       # official OE, at the word
 
 Measured on the 2026-12-02 weights and make demo's world (seed 7, before the world's size floors): official MC
 (74 questions) aq 1.00, ap 0.74, lens 0.31, final 0.32, and among the options lens4 0.27, final4 0.27, head4 0.33;
 bare-word lookups (240) aq 1.00, ap 0.63, lens 0.56, final 0.56. The head attends to the right rows and its own
 output still picks the right option at chance: the rows were the next suspect, and
 ``docs/experiments/rows_readable.py`` found half the instances hidden under their ID label.
+
+Thirteenth session, seed 4242's world (230 one-instance questions each), MC / OE at the word: the committed 2f
+weights aq 1.00 / 0.33, ap 0.90 / 0.35, final 0.81 / 0.55 (the lookup is not done where an OE answer's word is
+predicted); after stage 2h (OE lookups supervised at the word) 1.00 / 0.34, 0.92 / 0.79, 0.83 / 0.62; 2f rerun with
+them from the 2e weights 1.00 / 1.00, 0.90 / 0.89, 0.80 / 0.61: the rows are now found, the word still read less
+often than in MC.
 """
 
 import argparse
@@ -31,6 +38,8 @@ ap_ = argparse.ArgumentParser()
 ap_.add_argument("model")
 ap_.add_argument("world")
 ap_.add_argument("--short", action="store_true", help="bare-word lookups instead of the official MC prompts")
+ap_.add_argument("--oe", action="store_true", help="the official open-ended prompts, measured where the attribute's "
+                 "word is predicted ([2] is orange.)")
 ap_.add_argument("--limit", type=int, default=240)
 a = ap_.parse_args()
 
@@ -39,7 +48,8 @@ world = Path(a.world)
 if a.short:
     samples = [s for s in lookup_samples(world) if not s.kind.endswith("-mc")][:a.limit]
 else:
-    samples = [s for s in bench_samples(world, text_letter=True) if s.kind == "image-mc"][:a.limit]
+    kind = "image-oe" if a.oe else "image-mc"
+    samples = [s for s in bench_samples(world, text_letter=True) if s.kind == kind][:a.limit]
 stats = {"aq": 0.0, "ap": 0.0, "lens": 0, "final": 0, "prior_rows": 0.0, "lens4": 0, "final4": 0, "head4": 0}
 lp_attn = model.model.language_model.layers[LP].self_attn
 seen = {}
@@ -49,7 +59,7 @@ n = n4 = 0
 
 
 def asked(s, ids):
-    p = lookup_positions(s, ids, tok, "vicuna_v1", inst)
+    p = lookup_positions(s, ids, tok, "vicuna_v1", inst, oe_word=a.oe)
     return p if p is not None and p.answer_token is not None else None
 
 
@@ -65,7 +75,7 @@ with torch.no_grad():
         stats["final"] += int(out.logits[0, q].argmax()) == p.answer_token
         # among the options' first tokens (the choice the bench scores), and head HP's own direct contribution
         opts = [tok(" " + text, add_special_tokens=False)["input_ids"][0]
-                for _, text in _OPTION.findall(s.turns[0][0] + "\n")] if not a.short else []
+                for _, text in _OPTION.findall(s.turns[0][0] + "\n")] if not (a.short or a.oe) else []
         if len(set(opts)) == 4 and p.answer_token in opts:
             res = out.hidden_states[LP + 1][0, q]
             scale = torch.rsqrt(res.pow(2).mean() + 1e-6) * model.model.language_model.norm.weight
