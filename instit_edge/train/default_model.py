@@ -992,32 +992,23 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
         lookup_steps, mc_steps, heads_steps, vlm_steps, lookup_heads_steps = (
             lookup["target_steps"], letters["target_steps"], heads["target_steps"], vlm["target_steps"],
             looked["target_steps"])
-    multi = {"steps": 0, "target_steps": multi_steps, "losses": [], "curve": []}
-    if from_model is not None and "multi_heads" in done:
-        multi = done["multi_heads"]
-        multi_steps = multi["target_steps"]
-    elif looked["steps"] >= lookup_heads_steps and multi_steps:
-        multi = train_multi_stage(model, processor, world, lookups, qa_tl, held_tl, multi_steps, code_rows,
-                                  work / "multi-state.pt", lr=lr, log=log, deadline=deadline)
-    spans = {"steps": 0, "target_steps": span_steps, "losses": [], "curve": []}
-    if from_model is not None and "span_heads" in done:
-        spans = done["span_heads"]
-        span_steps = spans["target_steps"]
-    elif multi["steps"] >= multi_steps and span_steps:
-        spans = train_multi_stage(model, processor, world, lookups, qa_tl, held_tl, span_steps, code_rows,
-                                  work / "span-state.pt", lr=lr, log=log, deadline=deadline, option_spans=True)
-    counted = {"steps": 0, "target_steps": count_steps, "losses": [], "curve": []}
-    if from_model is not None and "count_heads" in done:
-        counted = done["count_heads"]
-        count_steps = counted["target_steps"]
-    elif spans["steps"] >= span_steps and count_steps:
-        counted = train_multi_stage(model, processor, world, lookups, qa_tl, held_tl, count_steps, code_rows,
-                                    work / "count-state.pt", lr=lr, log=log, deadline=deadline, counting=True)
-    oe = {"steps": 0, "target_steps": oe_steps, "losses": [], "curve": []}
-    if spans["steps"] >= span_steps and counted["steps"] >= count_steps and oe_steps:
-        oe = train_multi_stage(model, processor, world, lookups, qa_tl, held_tl, oe_steps, code_rows,
-                               work / "oe-state.pt", lr=OE_LR, log=log, deadline=deadline, option_spans=True,
-                               oe_words=True)
+    def later(key: str, steps: int, ready: bool, state: str, **kw) -> dict:
+        """Stage 2e-2h: its record from the ``--from-model`` card, or trained here once the stages before are done."""
+        if from_model is not None and key in done:
+            return done[key]
+        if ready and steps:
+            return train_multi_stage(model, processor, world, lookups, qa_tl, held_tl, steps, code_rows,
+                                     work / state, lr=kw.pop("lr", lr), log=log, deadline=deadline, **kw)
+        return {"steps": 0, "target_steps": steps, "losses": [], "curve": []}
+
+    multi = later("multi_heads", multi_steps, looked["steps"] >= lookup_heads_steps, "multi-state.pt")
+    multi_steps = multi["target_steps"]
+    spans = later("span_heads", span_steps, multi["steps"] >= multi_steps, "span-state.pt", option_spans=True)
+    span_steps = spans["target_steps"]
+    counted = later("count_heads", count_steps, spans["steps"] >= span_steps, "count-state.pt", counting=True)
+    count_steps = counted["target_steps"]
+    oe = later("oe_heads", oe_steps, spans["steps"] >= span_steps and counted["steps"] >= count_steps,
+               "oe-state.pt", lr=OE_LR, option_spans=True, oe_words=True)
     init_code_readout(model, tok, layout)  # bake the tied readout into the projector for export
     model.config.instit_question_format = "official_oe"  # ask / demo / serve wrap plain questions as trained
     complete = (lookup["steps"] >= lookup_steps and letters["steps"] >= mc_steps and heads["steps"] >= heads_steps
