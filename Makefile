@@ -69,11 +69,12 @@ bench: setup
 # Train the embedded default model (models/default): world at 128 px, the vision tower on per-patch targets,
 # tower + projector into a readable per-patch code, the LLM on oracle rows (short lookups), then on the
 # tower's code rows (MC lookups, the letter step, bench questions, the lookup supervised, then the relation /
-# extreme / count lookups supervised, then the option-span head of the letter step). ~130 CPU minutes on 2 cores;
-# resumable. TRAIN_ARGS="--from-model DIR" runs only the stages after 2d (or 2e, 2f) from a model trained up to there;
-# TRAIN_ARGS="--from-model models/default --count-steps 400 --out models/count" the counting experiment (stage 2g,
-# off by default: it did not help; the later --out wins); --oe-steps 400 stage 2h (open-ended lookups supervised at
-# the word; off by default: it cost video MC).
+# extreme / count lookups supervised, then the option-span head of the letter step), then (stage 3) the tower and
+# code again on two more worlds, the LLM untouched. ~150 CPU minutes on 2 cores; resumable.
+# TRAIN_ARGS="--from-model DIR" runs only the stages after 2d (or 2e, 2f, 2h) from a model trained up to there
+# (the 2f weights are models/default at commit 6ae69d2); from those, "--count-steps 400 --refresh-steps 0 --out
+# models/count" the counting experiment (stage 2g, off by default: it did not help; the later --out wins) and
+# "--oe-steps 400 --refresh-steps 0" stage 2h (open-ended lookups supervised at the word; off: it cost video MC).
 train-default: setup
 	$(PY) -m instit_edge.train.default_model --out models/default $(TRAIN_ARGS)
 

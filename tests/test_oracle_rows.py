@@ -524,11 +524,12 @@ def test_stage_2f_pool_repeats_the_questions_with_several_word_options(world):
     assert seen[("image-mc", True)] and seen[("video-mc", True)] and seen[("image-mc", False)], seen
 
 
-def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world, tmp_path):
+def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world, tmp_path, monkeypatch):
     """``make train-default --from-model``: stages 2e-2h run from a model this recipe trained up to 2d (the
     committed weights, with their card's later records removed), 2f-2h from one trained up to 2e, 2g and 2h from
     one trained up to 2f, only 2h from one whose 2g was off; the card says where the earlier stages came from; the
-    LLM changes, the tower does not; a model that has 2h already, or has no card, is refused with what to do."""
+    LLM changes, the tower does not; stage 3 (the code refresh) then changes the tower and not the LLM; a model
+    that has stage 3 already, or has no card, is refused with what to do."""
     import json
     import shutil
 
@@ -536,7 +537,12 @@ def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world,
     from safetensors.torch import load_file
 
     from instit_edge.errors import InstitError
+    from instit_edge.train import default_model
     from instit_edge.train.default_model import build_default
+
+    monkeypatch.setattr(default_model, "REFRESH_WORLDS", 1)  # stage 3's extra world: a tiny one
+    monkeypatch.setattr(default_model, "REFRESH_IMAGES", 3)
+    monkeypatch.setattr(default_model, "REFRESH_VIDEOS", 1)
 
     def without(src, dst, *stages):
         shutil.copytree(src, dst)
@@ -547,13 +553,13 @@ def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world,
         return card
 
     src = tmp_path / "trained"
-    card = without(DEFAULT, src, "multi_heads", "span_heads", "count_heads", "oe_heads")
+    card = without(DEFAULT, src, "multi_heads", "span_heads", "count_heads", "oe_heads", "code_refresh")
     work = tmp_path / "work"
     work.mkdir()
     (work / "world").symlink_to(world)  # the fixture's small world stands in for the training world
     out = tmp_path / "out"
-    got = build_default(out, multi_steps=2, span_steps=1, count_steps=1, oe_steps=1, work=work, from_model=src,
-                        log=lambda *_: None)
+    got = build_default(out, multi_steps=2, span_steps=1, count_steps=1, oe_steps=1, refresh_steps=0, work=work,
+                        from_model=src, log=lambda *_: None)
     assert got["complete"] and got["multi_heads"]["steps"] == 2 and got["span_heads"]["steps"] == 1
     assert got["count_heads"]["steps"] == 1 and got["oe_heads"]["steps"] == 1
     assert got["stages_1_to_2d_from"]["path"] == str(src)
@@ -561,13 +567,22 @@ def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world,
     before, after = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in after if "language_model" in k)
     assert all(torch.equal(before[k], after[k]) for k in after if "vision_tower" in k)  # the tower stays frozen
-    with pytest.raises(InstitError, match="stage 2h already"):
-        build_default(tmp_path / "again", work=work, from_model=out, log=lambda *_: None)
+
+    fresh = build_default(tmp_path / "out-3", refresh_steps=2, work=work, from_model=out, log=lambda *_: None)
+    assert fresh["complete"] and fresh["code_refresh"]["steps"] == 2 and fresh["oe_heads"]["steps"] == 1
+    assert fresh["stages_1_to_2h_from"]["path"] == str(out)
+    assert (work / "refresh-world-1" / "ground_truth.json").is_file()
+    refreshed = load_file(tmp_path / "out-3" / "model.safetensors")
+    assert any(not torch.equal(after[k], refreshed[k]) for k in after if "vision_tower" in k)
+    assert all(torch.equal(after[k], refreshed[k]) for k in after if "vision_tower" not in k
+               and "linear_1" not in k)  # the LLM (and the readout baked from its embeddings) is untouched
+    with pytest.raises(InstitError, match="stage 3 already"):
+        build_default(tmp_path / "again", work=work, from_model=tmp_path / "out-3", log=lambda *_: None)
 
     card_2e = without(out, tmp_path / "to-2e", "span_heads", "count_heads", "oe_heads")  # up to 2e: 2f-2h run
     for state in ("span", "count", "oe"):
         (work / f"{state}-state.pt").unlink()
-    got = build_default(tmp_path / "out-2f", span_steps=1, count_steps=1, oe_steps=1, work=work,
+    got = build_default(tmp_path / "out-2f", span_steps=1, count_steps=1, oe_steps=1, refresh_steps=0, work=work,
                         from_model=tmp_path / "to-2e", log=lambda *_: None)
     assert got["complete"] and got["multi_heads"] == card_2e["multi_heads"] and got["span_heads"]["steps"] == 1
     assert got["stages_1_to_2e_from"]["path"] == str(tmp_path / "to-2e")
@@ -576,8 +591,8 @@ def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world,
     card_2f = without(tmp_path / "out-2f", tmp_path / "to-2f", "count_heads", "oe_heads")  # up to 2f: 2g, 2h run
     (work / "count-state.pt").unlink()
     (work / "oe-state.pt").unlink()
-    got = build_default(tmp_path / "out-2g", count_steps=1, oe_steps=1, work=work, from_model=tmp_path / "to-2f",
-                        log=lambda *_: None)
+    got = build_default(tmp_path / "out-2g", count_steps=1, oe_steps=1, refresh_steps=0, work=work,
+                        from_model=tmp_path / "to-2f", log=lambda *_: None)
     assert got["complete"] and got["span_heads"] == card_2f["span_heads"] and got["count_heads"]["steps"] == 1
     assert got["stages_1_to_2f_from"]["path"] == str(tmp_path / "to-2f") and got["oe_heads"]["steps"] == 1
 
@@ -585,7 +600,8 @@ def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world,
     off["count_heads"] = {"steps": 0, "target_steps": 0, "curve": []}
     (tmp_path / "2g-off" / "training.json").write_text(json.dumps(off))
     (work / "oe-state.pt").unlink()
-    got = build_default(tmp_path / "out-2h", count_steps=5, oe_steps=1, work=work, from_model=tmp_path / "2g-off",
+    got = build_default(tmp_path / "out-2h", count_steps=5, oe_steps=1, refresh_steps=0, work=work,
+                        from_model=tmp_path / "2g-off",
                         log=lambda *_: None)
     assert got["complete"] and got["count_heads"]["steps"] == 0 and got["oe_heads"]["steps"] == 1
     assert got["stages_1_to_2g_from"]["path"] == str(tmp_path / "2g-off")
