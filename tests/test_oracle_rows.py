@@ -295,7 +295,7 @@ def test_lookup_heads_point_at_the_id_the_answer_and_the_instance_patches(world,
 
 
 def test_oe_word_moves_the_open_ended_lookup_to_the_attributes_word(world, model_and_processor):
-    """Stage 2h (``oe_word``): an open-ended answer ``[2] is orange.`` / ``[3] is at the top-right of the image.``
+    """Stage 4 (``oe_word``): an open-ended answer ``[2] is orange.`` / ``[3] is at the top-right of the image.``
     is supervised where its attribute's word is predicted, with that word read among the attribute's words;
     without it, where the answer starts (``[``) and nothing read. The same ID token and rows either way."""
     from instit_edge.drawing import COLORS, SHAPES
@@ -525,11 +525,12 @@ def test_stage_2f_pool_repeats_the_questions_with_several_word_options(world):
 
 
 def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world, tmp_path, monkeypatch):
-    """``make train-default --from-model``: stages 2e-2h run from a model this recipe trained up to 2d (the
-    committed weights, with their card's later records removed), 2f-2h from one trained up to 2e, 2g and 2h from
-    one trained up to 2f, only 2h from one whose 2g was off; the card says where the earlier stages came from; the
-    LLM changes, the tower does not; stage 3 (the code refresh) then changes the tower and not the LLM; a model
-    that has stage 3 already, or has no card, is refused with what to do."""
+    """``make train-default --from-model``: stages 2e-4 run from a model this recipe trained up to 2d (the
+    committed weights, with their card's later records removed; stage 3 off), 2f-4 from one trained up to 2e, 2g
+    and 4 from one trained up to 2f, only 4 from one whose 2g was off; the card says where the earlier stages came
+    from; the LLM changes, the tower does not; stage 3 (the code refresh) changes the tower and not the LLM, and
+    stage 4 after it the LLM and not the tower; a model that has stage 4 already, or has no card, is refused with
+    what to do."""
     import json
     import shutil
 
@@ -568,18 +569,29 @@ def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world,
     assert any(not torch.equal(before[k], after[k]) for k in after if "language_model" in k)
     assert all(torch.equal(before[k], after[k]) for k in after if "vision_tower" in k)  # the tower stays frozen
 
-    fresh = build_default(tmp_path / "out-3", refresh_steps=2, work=work, from_model=out, log=lambda *_: None)
-    assert fresh["complete"] and fresh["code_refresh"]["steps"] == 2 and fresh["oe_heads"]["steps"] == 1
-    assert fresh["stages_1_to_2h_from"]["path"] == str(out)
+    without(out, tmp_path / "to-3", "code_refresh", "oe_heads")  # up to 2g: stage 3 alone (4 off)
+    fresh = build_default(tmp_path / "out-3", refresh_steps=2, oe_steps=0, work=work, from_model=tmp_path / "to-3",
+                          log=lambda *_: None)
+    assert fresh["complete"] and fresh["code_refresh"]["steps"] == 2 and fresh["oe_heads"]["steps"] == 0
+    assert fresh["stages_1_to_2g_from"]["path"] == str(tmp_path / "to-3")
     assert (work / "refresh-world-1" / "ground_truth.json").is_file()
     refreshed = load_file(tmp_path / "out-3" / "model.safetensors")
     assert any(not torch.equal(after[k], refreshed[k]) for k in after if "vision_tower" in k)
     assert all(torch.equal(after[k], refreshed[k]) for k in after if "vision_tower" not in k
                and "linear_1" not in k)  # the LLM (and the readout baked from its embeddings) is untouched
-    with pytest.raises(InstitError, match="stage 3 already"):
-        build_default(tmp_path / "again", work=work, from_model=tmp_path / "out-3", log=lambda *_: None)
+    (work / "oe-state.pt").unlink()
+    last = build_default(tmp_path / "out-4", refresh_steps=5, oe_steps=1, work=work, from_model=tmp_path / "out-3",
+                         log=lambda *_: None)  # stage 3 comes from the source's card, not run again
+    assert last["complete"] and last["oe_heads"]["steps"] == 1
+    assert {k: v for k, v in last["code_refresh"].items() if k != "losses"} == fresh["code_refresh"]
+    assert last["stages_1_to_3_from"]["path"] == str(tmp_path / "out-3")
+    final = load_file(tmp_path / "out-4" / "model.safetensors")
+    assert all(torch.equal(refreshed[k], final[k]) for k in final if "vision_tower" in k or "linear_1" in k)
+    assert any(not torch.equal(refreshed[k], final[k]) for k in final if "language_model" in k)
+    with pytest.raises(InstitError, match="stage 4 already"):
+        build_default(tmp_path / "again", work=work, from_model=tmp_path / "out-4", log=lambda *_: None)
 
-    card_2e = without(out, tmp_path / "to-2e", "span_heads", "count_heads", "oe_heads")  # up to 2e: 2f-2h run
+    card_2e = without(out, tmp_path / "to-2e", "span_heads", "count_heads", "oe_heads")  # up to 2e: 2f-4 run
     for state in ("span", "count", "oe"):
         (work / f"{state}-state.pt").unlink()
     got = build_default(tmp_path / "out-2f", span_steps=1, count_steps=1, oe_steps=1, refresh_steps=0, work=work,
@@ -588,7 +600,7 @@ def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world,
     assert got["stages_1_to_2e_from"]["path"] == str(tmp_path / "to-2e")
     assert got["stages_1_to_2e_from"]["stages_1_to_2d_from"]["path"] == str(src)  # the chain of provenance
 
-    card_2f = without(tmp_path / "out-2f", tmp_path / "to-2f", "count_heads", "oe_heads")  # up to 2f: 2g, 2h run
+    card_2f = without(tmp_path / "out-2f", tmp_path / "to-2f", "count_heads", "oe_heads")  # up to 2f: 2g, 4 run
     (work / "count-state.pt").unlink()
     (work / "oe-state.pt").unlink()
     got = build_default(tmp_path / "out-2g", count_steps=1, oe_steps=1, refresh_steps=0, work=work,
@@ -596,15 +608,15 @@ def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world,
     assert got["complete"] and got["span_heads"] == card_2f["span_heads"] and got["count_heads"]["steps"] == 1
     assert got["stages_1_to_2f_from"]["path"] == str(tmp_path / "to-2f") and got["oe_heads"]["steps"] == 1
 
-    off = without(tmp_path / "out-2g", tmp_path / "2g-off", "oe_heads")  # 2g off (as committed): only 2h runs
+    off = without(tmp_path / "out-2g", tmp_path / "2g-off", "oe_heads")  # 2g and 3 off there: only 4 runs
     off["count_heads"] = {"steps": 0, "target_steps": 0, "curve": []}
     (tmp_path / "2g-off" / "training.json").write_text(json.dumps(off))
     (work / "oe-state.pt").unlink()
-    got = build_default(tmp_path / "out-2h", count_steps=5, oe_steps=1, refresh_steps=0, work=work,
+    got = build_default(tmp_path / "out-4-only", count_steps=5, oe_steps=1, refresh_steps=5, work=work,
                         from_model=tmp_path / "2g-off",
-                        log=lambda *_: None)
+                        log=lambda *_: None)  # a stage off in the source stays off
     assert got["complete"] and got["count_heads"]["steps"] == 0 and got["oe_heads"]["steps"] == 1
-    assert got["stages_1_to_2g_from"]["path"] == str(tmp_path / "2g-off")
+    assert got["code_refresh"]["steps"] == 0 and got["stages_1_to_3_from"]["path"] == str(tmp_path / "2g-off")
     half = without(tmp_path / "out-2g", tmp_path / "half-2f", "count_heads", "oe_heads")
     half["span_heads"]["steps"] = 0.5 * half["span_heads"]["target_steps"]
     (tmp_path / "half-2f" / "training.json").write_text(json.dumps(half))

@@ -154,7 +154,7 @@ def lookup_positions(sample, input_ids: list[int], tokenizer, template: str,
                      instances: InstanceRows, multi: bool = False, oe_word: bool = False) -> LookupPositions | None:
     """Where the lookup heads are supervised in one image sample naming a single instance; None otherwise.
     With ``multi``, relation, extreme and count MC questions too (:func:`multi_positions`). An open-ended answer
-    (``[2] is orange.``) is supervised where it starts (``[``), or with ``oe_word`` (stage 2h) where the
+    (``[2] is orange.``) is supervised where it starts (``[``), or with ``oe_word`` (stage 4) where the
     attribute's word is predicted (``orange``), with the head read there too."""
     if sample.image is None or len(sample.turns) != 1:
         return None
