@@ -85,13 +85,15 @@ def test_loss_trains_the_heads_to_attend_where_told(tok, rng):
     assert letter_head_loss(out, [None], [0], model.lm_head, model.model.norm, letter_ids) is None
 
 
-def test_span_term_spreads_a_head_over_the_whole_option(tok, rng):
+@pytest.mark.parametrize("first_layer", [False, True], ids=["2f", "stage4"])
+def test_span_term_spreads_a_head_over_the_whole_option(tok, rng, first_layer):
     """Stage 2f's term: head HS of layer LS, at an option's (and the answer's) last text token, covers every
-    token of that text evenly, so ``bottom-right`` and ``middle-right`` no longer look alike there."""
+    token of that text evenly, so ``bottom-right`` and ``middle-right`` no longer look alike there. Stage 4
+    (``first_layer_span``) puts the same term on head H0 of layer L0 too; without it that head is left alone."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from instit_edge.train.encode import encode_text
-    from instit_edge.train.letter_heads import HS, LS, letter_head_loss, letter_positions
+    from instit_edge.train.letter_heads import H0, HS, L0, LS, letter_head_loss, letter_positions
 
     torch.manual_seed(int(rng.integers(1000)))
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
@@ -104,27 +106,36 @@ def test_span_term_spreads_a_head_over_the_whole_option(tok, rng):
     ids = torch.tensor([enc.input_ids])
     letter_ids = {x: tok.encode(" " + x, add_special_tokens=False)[-1] for x in "ABCD"}
 
-    def covered(out):
-        a = out.attentions[LS][0, HS]
+    def covered(out, layer=LS, head=HS):
+        a = out.attentions[layer][0, head]
         return [float(a[q, list(span)].sum()) for q, span in
                 [(p.last[k], p.spans[k]) for k in "ABCD"] + [(p.answer_last, p.answer_span)]]
 
+    def loss_of(out, **kw):
+        return letter_head_loss(out, [p], [0], model.lm_head, model.model.norm, letter_ids, **kw)
+
     out = model(input_ids=ids, output_attentions=True, output_hidden_states=True)
-    before = covered(out)
-    without = float(letter_head_loss(out, [p], [0], model.lm_head, model.model.norm, letter_ids))
-    with_spans = float(letter_head_loss(out, [p], [0], model.lm_head, model.model.norm, letter_ids, spans=True))
+    before, before_0 = covered(out), covered(out, L0, H0)
+    without = float(loss_of(out))
+    with_spans = float(loss_of(out, spans=True))
     assert with_spans != without
+    assert float(loss_of(out, first_layer_span=True)) == without  # it needs spans
+    assert float(loss_of(out, spans=True, first_layer_span=True)) != with_spans
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(60):
         out = model(input_ids=ids, output_attentions=True, output_hidden_states=True)
-        loss = letter_head_loss(out, [p], [0], model.lm_head, model.model.norm, letter_ids, spans=True)
+        loss = loss_of(out, spans=True, first_layer_span=first_layer)
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
         out = model(input_ids=ids, output_attentions=True)
-    after = covered(out)
+    after, after_0 = covered(out), covered(out, L0, H0)
     assert min(after) > 0.8 > max(before), (before, after)
+    if first_layer:
+        assert min(after_0) > 0.8 > max(before_0), (before_0, after_0)
+    else:
+        assert max(after_0) < 0.8, after_0
     a = out.attentions[LS][0, HS]
     k = max("ABCD", key=lambda x: len(p.spans[x]))  # the longest option: no token of it left out
     assert min(float(a[p.last[k], t]) for t in p.spans[k]) > 0.4 / len(p.spans[k])

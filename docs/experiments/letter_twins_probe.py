@@ -8,13 +8,21 @@ On the position MC questions of a world whose right option shares its last token
 - ``span_*``: the option-span head's (HS of layer LS) mass on a text's own tokens at its last token (the answer,
   the right option, the other option);
 - ``lens_*``: the logit lens after layer L2 reads the option's own letter at its last token;
-- ``final``: the output picks the right letter among A-D where the letter is predicted.
+- ``final``: the output picks the right letter among A-D where the letter is predicted;
+- ``cos_L{n}``: cosine of the residuals at the two options' last tokens after n layers (0: the embeddings);
+- ``qk_right`` / ``qk_twin``: head H2's query at the answer's last token dotted with its key at either option's
+  last token (before the rotary embedding, so a rough share of the score).
 
     python docs/experiments/letter_twins_probe.py models/default out/world4242 [LIMIT]
 
 Measured on the stage-4 weights, seed 4242 (37 left / 49 right questions): left h2 0.98 / 0.01, final 1.00;
 right h2 0.46 / 0.53, final 0.37; every span 1.00. On 250 of the training world's own questions: right 0.52 /
-0.47, left 0.98 / 0.01: the head never learned to tell the ``-right`` options apart.
+0.47, left 0.98 / 0.01: the head never learned to tell the ``-right`` options apart. Why: after layer 0 the two
+``-left`` texts' last tokens already differ (cos 0.75) while the two ``-right`` ones are all but equal (0.99);
+after layer 2, where the span head has written each text, 0.38 against 0.63, and head H2's query-key score
+separates the left twins (68 against 37) but not the right ones (67.3 against 66.7): H2 reads a layer-0
+difference that only some texts get, not the span head's output. With stage 4's layer-0 span term (sixteenth
+session, these weights): left h2 0.92 / 0.06, right 0.88 / 0.09, final 1.00 on both sides.
 """
 
 import collections
@@ -52,5 +60,16 @@ with torch.no_grad():
             lens = model.lm_head(model.model.language_model.norm(out.hidden_states[L2 + 1][0, at]))
             c[f"lens_{name}"] += "ABCD"[int(lens[[letters[x] for x in "ABCD"]].argmax())] == k
         c["final"] += "ABCD"[int(out.logits[0, q][[letters[x] for x in "ABCD"]].argmax())] == p.answer
+        for n in range(len(out.hidden_states)):
+            h = out.hidden_states[n][0]
+            c[f"cos_L{n}"] += float(torch.nn.functional.cosine_similarity(h[p.last[p.answer] + sh], h[p.last[t] + sh],
+                                                                           dim=0))
+        layer = model.model.language_model.layers[L2]
+        h = layer.input_layernorm(out.hidden_states[L2][0])
+        dh, groups = layer.self_attn.head_dim, layer.self_attn.num_key_value_groups
+        qv = layer.self_attn.q_proj(h[q])[H2 * dh:(H2 + 1) * dh]
+        keys = layer.self_attn.k_proj(h)[:, (H2 // groups) * dh:(H2 // groups + 1) * dh]
+        c["qk_right"] += float(qv @ keys[p.last[p.answer] + sh])
+        c["qk_twin"] += float(qv @ keys[p.last[t] + sh])
 for side, c in sorted(stats.items()):
     print(side, c["n"], {k: round(v / c["n"], 2) for k, v in c.items() if k != "n"})

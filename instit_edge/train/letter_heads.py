@@ -15,6 +15,12 @@ first A-D character; the option texts are lower case), and three auxiliary terms
   ``bottom-right`` and ``middle-right`` end in the same ``right`` and head H2 picked either: on make demo's
   bench 9 of 28 position answers had the right text and the letter of another option ending in the same word
   (``to the left of`` / ``to the right of`` end in ``of``).
+- with ``first_layer_span`` as well (stage 4, the sixteenth session): the same spread on head ``H0`` of layer
+  ``L0``. After stage 2f the two ``-left`` options' last tokens already differed after layer 0 (a layer-0 head
+  looked back at ``top`` / ``middle`` from ``left``, never from ``right``: cosine 0.75 against 0.99) and head H2
+  told them apart (0.98 / 0.01), the two ``-right`` ones did not (0.46 / 0.53; the letter right 18 / 49);
+  with this term H2 splits them 0.88 / 0.09 and the letter is right 49 / 49 (seed 4242;
+  ``docs/experiments/letter_twins_probe.py``).
 - the span read (an experiment of the thirteenth session, off: ``SPAN_READ_WEIGHT`` 0): head HS's own output
   at a text's last token, through the final norm and ``lm_head``, names that text's other tokens (a one-token
   text: itself), the head's value path, as the lookup's head read is for the lookup. 400 steps of 16 at lr 3e-4
@@ -39,6 +45,7 @@ L1, H1 = 1, 0  # option text -> its letter
 L2, H2 = 3, 0  # answer text -> the right option's text (the last layer of the 4-layer default LLM)
 LS, HS = 2, 3  # an option's / the answer's last text token -> all of that text's tokens (a head no other term uses)
 SPAN_READ_WEIGHT = 0.0  # the span read (an experiment, thirteenth session): its weight; 0, off, did not help
+L0, H0 = 0, 3  # stage 4: the span term again, in layer 0, so two texts ending alike differ before H2 reads them
 _OPTION = re.compile(r"\n([ABCD])\. ([^\n]+)(?=\n)")
 
 
@@ -126,9 +133,10 @@ def lens_loss(out, hidden_index: int, picks: list, lm_head, norm):
 
 
 def letter_head_loss(out, positions: list, shifts: list[int], lm_head, norm, letter_ids: dict,
-                     spans: bool = False, span_out=None):
+                     spans: bool = False, span_out=None, first_layer_span: bool = False):
     """The three auxiliary terms for a batch (``out`` with attentions and hidden states), with ``spans`` the
-    fourth (head HS over each text's own tokens); samples whose ``positions`` is None add nothing.
+    fourth (head HS over each text's own tokens), with ``first_layer_span`` (and ``spans``; stage 4) the same
+    spread on head H0 of layer L0 too; samples whose ``positions`` is None add nothing.
     ``shifts``: how far the image rows moved each sample's later tokens."""
     import torch
 
@@ -136,6 +144,7 @@ def letter_head_loss(out, positions: list, shifts: list[int], lm_head, norm, let
         return None
     a1, a2 = out.attentions[L1][:, H1], out.attentions[L2][:, H2]
     a_s = out.attentions[LS][:, HS] if spans else None
+    a_0 = out.attentions[L0][:, H0] if spans and first_layer_span else None
     att, picks, reads = [], [], []
     for i, (p, s) in enumerate(zip(positions, shifts)):
         if p is None:
@@ -145,10 +154,14 @@ def letter_head_loss(out, positions: list, shifts: list[int], lm_head, norm, let
             picks.append((i, p.last[k] + s, letter_ids[k]))
             if spans:
                 att.append(span_nll(a_s[i], p.last[k] + s, [t + s for t in p.spans[k]]))
+                if a_0 is not None:
+                    att.append(span_nll(a_0[i], p.last[k] + s, [t + s for t in p.spans[k]]))
                 reads.append((i, p.last[k] + s, p.span_ids[k]))
         att.append(-torch.log(a2[i, p.answer_last + s, p.last[p.answer] + s] + 1e-6))
         if spans:
             att.append(span_nll(a_s[i], p.answer_last + s, [t + s for t in p.answer_span]))
+            if a_0 is not None:
+                att.append(span_nll(a_0[i], p.answer_last + s, [t + s for t in p.answer_span]))
             reads.append((i, p.answer_last + s, p.answer_span_ids))
     loss = torch.stack(att).mean() + lens_loss(out, L2, picks, lm_head, norm)
     if span_out is not None and reads and SPAN_READ_WEIGHT:
