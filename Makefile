@@ -71,7 +71,7 @@ bench: setup
 # tower's code rows (MC lookups, the letter step, bench questions, the lookup supervised, then the relation /
 # extreme / count lookups supervised, then the option-span head of the letter step), then (stage 3) the tower and
 # code again on two more worlds, the LLM untouched, then (stage 4) the LLM again on that code, open-ended answers'
-# lookups supervised at the word and the option-span spread on a layer-0 head too. ~155 CPU minutes on 2
+# lookups supervised at the word and a layer-0 head on what tells MC options ending alike apart. ~155 CPU minutes on 2
 # cores; resumable.
 # TRAIN_ARGS="--from-model DIR" runs only the stages after 2d (or 2e, 2f, 3) from a model trained up to there
 # (the 2f weights are models/default at commit 6ae69d2, the stage-3 weights at 5c98534); from the 2f weights,

@@ -3,9 +3,9 @@
 The bench is built with seed 99 (training used the world seed 1000); official prompts, the official MC rule,
 greedy decoding, through the bundle runtime (llama.cpp + ONNX Runtime). What the model has learned is
 asserted (well-formed MC letters, OE answers that name the instance asked about, the asked instance's colour),
-and so is issue 14's guard, image MC >= 70: the weights with stage 4 and its layer-0 span term (2026-12-07,
-sixteenth session) score 74.6 here (103 / 138), six answers above it (the fifteenth session's 75.4, stage 3:
-73.2). Until stage 3 it was an xfail: the stage-2f weights scored 70.3
+and so is issue 14's guard, image MC >= 70: the weights with stage 4 and its layer-0 term (2026-12-07,
+sixteenth session) score 78.3 here (108 / 138), eleven answers above it (the fifteenth session's 75.4, stage
+3: 73.2). Until stage 3 it was an xfail: the stage-2f weights scored 70.3
 (97 / 138), one answer above, and one answer can flip with the CPU's llama.cpp kernels.
 """
 
@@ -63,7 +63,7 @@ def test_default_model_answers_in_form_and_names_the_instance(default_runs):
 
 def test_default_model_reads_the_asked_instance_colour(default_runs):
     """Learned: the colour of the instance the question names, and image MC well above chance (measured on this
-    bench with stage 4: colour 96.7 of 30 questions, image MC 74.6; the fifteenth session's stage 4: 100 / 75.4;
+    bench with stage 4: colour 96.7 of 30 questions, image MC 78.3; the fifteenth session's stage 4: 100 / 75.4;
 stage 3: 96.7 / 73.2; chance 25; stage 2f:
     93.3 / 70.3, before stage 2f: 93.3 / 69.6, before stage 2e: 93.3 / 56.5)."""
     from instit_edge.eval.scoring import score_items, summarize
@@ -75,7 +75,7 @@ stage 3: 96.7 / 73.2; chance 25; stage 2f:
 
 
 def test_default_model_reads_the_marks(default_runs):
-    """Issue 14's guard (below its target of 80, so noise does not break CI): 74.6 measured, 80.4 on the demo's
+    """Issue 14's guard (below its target of 80, so noise does not break CI): 78.3 measured, 79.0 on the demo's
     bench."""
     from instit_edge.eval.scoring import score_items, summarize
 

@@ -51,6 +51,36 @@ def test_positions_point_at_the_letters_and_texts(tok, rng):
     assert letter_positions(plain, encode_text(plain, tok, "vicuna_v1").input_ids, tok, "vicuna_v1") is None
 
 
+def test_focus_keeps_what_tells_twin_options_apart(tok):
+    """Stage 4's layer-0 term reads, for an option that ends like another (its twin), only the tokens the twin
+    lacks (``top`` of ``top-right`` beside ``middle-right``, ``left`` of ``to the left of`` beside ``to the right
+    of``); an option with no twin keeps its whole span."""
+    from instit_edge.prompting import build_mc_prompt
+    from instit_edge.train.encode import encode_text
+    from instit_edge.train.instructions import Sample
+    from instit_edge.train.letter_heads import letter_answer, letter_positions
+
+    def focus_of(opts, right):
+        s = Sample([(build_mc_prompt("Where is [2]?", opts, "image"), letter_answer(opts[right], right))],
+                   image="x.png")
+        ids = encode_text(s, tok, "vicuna_v1").input_ids
+        p = letter_positions(s, ids, tok, "vicuna_v1")
+        words = {k: tok.decode([ids[t] for t in p.focus[k]]).strip() for k in "ABCD"}
+        for k in "ABCD":
+            assert set(p.focus[k]) <= set(p.spans[k]) | {p.last[k]}
+        return words, tok.decode([ids[t] for t in p.answer_focus]).strip(), p
+
+    words, answer, _ = focus_of({"A": "top-right", "B": "middle-right", "C": "to the left of",
+                                 "D": "to the right of"}, "B")
+    assert words["A"].startswith("top") and "middle" not in words["A"] and "right" not in words["A"], words
+    assert words["B"].startswith("middle") and "right" not in words["B"], words
+    assert "left" in words["C"] and not words["C"].startswith("to"), words
+    assert "right" in words["D"] and not words["D"].startswith("to"), words
+    assert answer == words["B"]
+    _, _, p = focus_of({"A": "red", "B": "top-left", "C": "white", "D": "to the left of"}, "D")
+    assert p.focus == p.spans and p.answer_focus == p.answer_span  # no two options end alike
+
+
 def test_loss_trains_the_heads_to_attend_where_told(tok, rng):
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -1,7 +1,9 @@
 """Why position letters fail: options that end in the same token (fifteenth session, issue 14).
 
 On the position MC questions of a world whose right option shares its last token with exactly one other option
-(``top-right`` / ``middle-right``), measured per side (``left`` / ``right``) on the torch weights:
+(``top-right`` / ``middle-right``), measured per side (``left`` / ``right``), and on the relation questions
+answered ``to the left of`` / ``to the right of`` (the other is the twin; ``relation left`` / ``relation
+right``; sixteenth session), on the torch weights:
 - ``h2_right`` / ``h2_twin``: attention of the letter step's answer head (head H2 of layer L2,
   :mod:`instit_edge.train.letter_heads`), at the answer's last text token, on the right option's last token and on
   the other one's;
@@ -21,8 +23,11 @@ right h2 0.46 / 0.53, final 0.37; every span 1.00. On 250 of the training world'
 ``-left`` texts' last tokens already differ (cos 0.75) while the two ``-right`` ones are all but equal (0.99);
 after layer 2, where the span head has written each text, 0.38 against 0.63, and head H2's query-key score
 separates the left twins (68 against 37) but not the right ones (67.3 against 66.7): H2 reads a layer-0
-difference that only some texts get, not the span head's output. With stage 4's layer-0 span term (sixteenth
-session, these weights): left h2 0.92 / 0.06, right 0.88 / 0.09, final 1.00 on both sides.
+difference that only some texts get, not the span head's output. With stage 4's layer-0 term (sixteenth
+session, these weights: head 3 of layer 0 over what the twins lack): left h2 0.99 / 0.00, right 0.95 / 0.03,
+final 1.00 on both sides (the same term over the whole text: 0.92 / 0.06, 0.88 / 0.09, final 1.00).
+Relations, seed 6464 (36 left / 29 right): whole-text term 0.51 / 0.47 and 0.47 / 0.52, final 0.50 / 0.31;
+these weights 0.97 / 0.03 and 0.95 / 0.02, final 1.00 / 1.00.
 """
 
 import collections
@@ -38,15 +43,22 @@ from instit_edge.train.letter_heads import _OPTION, H2, HS, L2, LS, letter_posit
 model, tok, rows, inst = load_for_probe(sys.argv[1], sys.argv[2])
 limit = int(sys.argv[3]) if len(sys.argv) > 3 else None
 samples = [s for s in bench_samples(Path(sys.argv[2]), text_letter=True)
-           if s.kind == "image-mc" and "located" in s.turns[0][0]][:limit]
+           if s.kind == "image-mc" and ("located" in s.turns[0][0] or "Complete the sentence" in s.turns[0][0])][:limit]
+RELATION = {"to the left of": "left", "to the right of": "right"}
 letters = {k: tok(" " + k, add_special_tokens=False)["input_ids"][-1] for k in "ABCD"}
 stats = collections.defaultdict(collections.Counter)
 with torch.no_grad():
     for s, p, out, sh in probed(model, rows, samples, tok, lambda s, ids: letter_positions(s, ids, tok, "vicuna_v1")):
         opts = dict(_OPTION.findall(s.turns[0][0] + "\n"))
-        side = opts[p.answer].split("-")[-1]
-        twins = [k for k, v in opts.items() if k != p.answer and v.split("-")[-1] == side]
-        if len(twins) != 1 or side not in ("left", "right"):
+        if opts[p.answer] in RELATION:  # relation twins: to the left of / to the right of
+            side = "relation " + RELATION[opts[p.answer]]
+            twins = [k for k, v in opts.items() if k != p.answer and v in RELATION]
+        else:  # position twins: top-right / middle-right
+            side = opts[p.answer].split("-")[-1]
+            twins = [k for k, v in opts.items() if k != p.answer and v.split("-")[-1] == side]
+            if side not in ("left", "right"):
+                continue
+        if len(twins) != 1:
             continue
         t, c, q = twins[0], stats[side], p.answer_last + sh
         c["n"] += 1

@@ -15,12 +15,16 @@ first A-D character; the option texts are lower case), and three auxiliary terms
   ``bottom-right`` and ``middle-right`` end in the same ``right`` and head H2 picked either: on make demo's
   bench 9 of 28 position answers had the right text and the letter of another option ending in the same word
   (``to the left of`` / ``to the right of`` end in ``of``).
-- with ``first_layer_span`` as well (stage 4, the sixteenth session): the same spread on head ``H0`` of layer
-  ``L0``. After stage 2f the two ``-left`` options' last tokens already differed after layer 0 (a layer-0 head
-  looked back at ``top`` / ``middle`` from ``left``, never from ``right``: cosine 0.75 against 0.99) and head H2
-  told them apart (0.98 / 0.01), the two ``-right`` ones did not (0.46 / 0.53; the letter right 18 / 49);
-  with this term H2 splits them 0.88 / 0.09 and the letter is right 49 / 49 (seed 4242;
-  ``docs/experiments/letter_twins_probe.py``).
+- with ``first_layer_span`` as well (stage 4, the sixteenth session): head ``H0`` of layer ``L0``, at the same
+  places, spreads evenly over the tokens of the text that its *twins* (the other options ending in the same
+  token) lack (``LetterPositions.focus``: ``top`` of ``top-right`` beside ``middle-right``, ``left`` of ``to the
+  left of`` beside ``to the right of``; a text with no twin: its whole span). After stage 2f the two ``-left``
+  options' last tokens already differed after layer 0 (a layer-0 head looked back at ``top`` / ``middle`` from
+  ``left``, never from ``right``: cosine 0.75 against 0.99) and head H2 told them apart (0.98 / 0.01), the two
+  ``-right`` ones did not (0.46 / 0.53; the letter right 18 / 49), nor ``to the left of`` / ``to the right
+  of`` (0.51 / 0.47). With this term H2 splits them 0.95 / 0.03 and 0.95 / 0.02 and the letter given the right
+  text is right every time (seeds 4242 / 6464; ``docs/experiments/letter_twins_probe.py``). The same spread
+  over the whole text instead fixed the positions but not the relations (0.51 / 0.47).
 - the span read (an experiment of the thirteenth session, off: ``SPAN_READ_WEIGHT`` 0): head HS's own output
   at a text's last token, through the final norm and ``lm_head``, names that text's other tokens (a one-token
   text: itself), the head's value path, as the lookup's head read is for the lookup. 400 steps of 16 at lr 3e-4
@@ -45,7 +49,7 @@ L1, H1 = 1, 0  # option text -> its letter
 L2, H2 = 3, 0  # answer text -> the right option's text (the last layer of the 4-layer default LLM)
 LS, HS = 2, 3  # an option's / the answer's last text token -> all of that text's tokens (a head no other term uses)
 SPAN_READ_WEIGHT = 0.0  # the span read (an experiment, thirteenth session): its weight; 0, off, did not help
-L0, H0 = 0, 3  # stage 4: the span term again, in layer 0, so two texts ending alike differ before H2 reads them
+L0, H0 = 0, 3  # stage 4: a text's last token -> what its twins lack, so two texts ending alike differ for H2
 _OPTION = re.compile(r"\n([ABCD])\. ([^\n]+)(?=\n)")
 
 
@@ -66,6 +70,16 @@ class LetterPositions:
     answer_span: tuple[int, ...] = ()  # the same for the answer text
     span_ids: dict | None = None  # option letter -> the token ids at ``spans[letter]``
     answer_span_ids: tuple[int, ...] = ()  # the token ids at ``answer_span``
+    focus: dict | None = None  # option letter -> its span's tokens that its twins (options ending alike) lack
+    answer_focus: tuple[int, ...] = ()  # the same for the answer text (the right option's twins)
+
+
+def _focus(span: tuple[int, ...], ids: list[int], twins: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The positions in ``span`` whose token none of ``twins`` (token-id tuples) has; all of it when that leaves
+    nothing or there is no twin."""
+    shared = {t for tw in twins for t in tw}
+    kept = tuple(t for t in span if ids[t] not in shared)
+    return kept or span
 
 
 def letter_positions(sample, input_ids: list[int], tokenizer, template: str) -> LetterPositions | None:
@@ -93,9 +107,15 @@ def letter_positions(sample, input_ids: list[int], tokenizer, template: str) -> 
     a0 = text.rindex(ans)
     answer_last = at(a0 + len(ans) - 1) - 1
     answer_span = _but_last(at(a0), answer_last)
-    return LetterPositions(letter, last, answer_last, m.group(2), spans, answer_span,
-                           {k: tuple(input_ids[t] for t in v) for k, v in spans.items()},
-                           tuple(input_ids[t] for t in answer_span))
+    span_ids = {k: tuple(input_ids[t] for t in v) for k, v in spans.items()}
+
+    def twins(k: str) -> list[tuple[int, ...]]:
+        return [span_ids[o] for o in opts if o != k and input_ids[last[o]] == input_ids[last[k]]]
+
+    return LetterPositions(letter, last, answer_last, m.group(2), spans, answer_span, span_ids,
+                           tuple(input_ids[t] for t in answer_span),
+                           {k: _focus(v, input_ids, twins(k)) for k, v in spans.items()},
+                           _focus(answer_span, input_ids, twins(m.group(2))))
 
 
 def token_offsets(tokenizer, text: str, input_ids: list[int], who: str) -> list:
@@ -135,8 +155,8 @@ def lens_loss(out, hidden_index: int, picks: list, lm_head, norm):
 def letter_head_loss(out, positions: list, shifts: list[int], lm_head, norm, letter_ids: dict,
                      spans: bool = False, span_out=None, first_layer_span: bool = False):
     """The three auxiliary terms for a batch (``out`` with attentions and hidden states), with ``spans`` the
-    fourth (head HS over each text's own tokens), with ``first_layer_span`` (and ``spans``; stage 4) the same
-    spread on head H0 of layer L0 too; samples whose ``positions`` is None add nothing.
+    fourth (head HS over each text's own tokens), with ``first_layer_span`` (and ``spans``; stage 4) head H0 of
+    layer L0 over what each text's twins lack (``focus``); samples whose ``positions`` is None add nothing.
     ``shifts``: how far the image rows moved each sample's later tokens."""
     import torch
 
@@ -155,13 +175,13 @@ def letter_head_loss(out, positions: list, shifts: list[int], lm_head, norm, let
             if spans:
                 att.append(span_nll(a_s[i], p.last[k] + s, [t + s for t in p.spans[k]]))
                 if a_0 is not None:
-                    att.append(span_nll(a_0[i], p.last[k] + s, [t + s for t in p.spans[k]]))
+                    att.append(span_nll(a_0[i], p.last[k] + s, [t + s for t in p.focus[k]]))
                 reads.append((i, p.last[k] + s, p.span_ids[k]))
         att.append(-torch.log(a2[i, p.answer_last + s, p.last[p.answer] + s] + 1e-6))
         if spans:
             att.append(span_nll(a_s[i], p.answer_last + s, [t + s for t in p.answer_span]))
             if a_0 is not None:
-                att.append(span_nll(a_0[i], p.answer_last + s, [t + s for t in p.answer_span]))
+                att.append(span_nll(a_0[i], p.answer_last + s, [t + s for t in p.answer_focus]))
             reads.append((i, p.answer_last + s, p.answer_span_ids))
     loss = torch.stack(att).mean() + lens_loss(out, L2, picks, lm_head, norm)
     if span_out is not None and reads and SPAN_READ_WEIGHT:
