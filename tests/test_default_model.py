@@ -64,8 +64,8 @@ def test_default_model_answers_in_form_and_names_the_instance(default_runs):
 def test_default_model_reads_the_asked_instance_colour(default_runs):
     """Learned: the colour of the instance the question names, and image MC well above chance (measured on this
     bench with stage 4: colour 96.7 of 30 questions, image MC 78.3; the fifteenth session's stage 4: 100 / 75.4;
-stage 3: 96.7 / 73.2; chance 25; stage 2f:
-    93.3 / 70.3, before stage 2f: 93.3 / 69.6, before stage 2e: 93.3 / 56.5)."""
+    stage 3: 96.7 / 73.2; chance 25; stage 2f: 93.3 / 70.3, before stage 2f: 93.3 / 69.6, before stage 2e: 93.3
+    / 56.5)."""
     from instit_edge.eval.scoring import score_items, summarize
 
     mc = [r for r in _records(default_runs) if r["format"] == "mc"]
