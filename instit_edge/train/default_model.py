@@ -598,7 +598,7 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
               log=print, deadline: float | None = None, rows=None, freeze_code: bool = False,
               whole_batches: bool = False, letter_heads: bool = False, lookup_heads=None,
               multi_heads: bool = False, option_spans: bool = False, count_heads: bool = False,
-              oe_words: bool = False) -> dict:
+              oe_words: bool = False, first_layer_span: bool = False) -> dict:
     """Train projector + LLM; resumes from ``state_path`` and writes it every ``save_every`` steps.
 
     ``rows`` gives the image rows of a sample (default: the frozen vision tower
@@ -614,8 +614,8 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
     the option-span term of the letter step (stage 2f; :func:`~.letter_heads.letter_head_loss`); ``count_heads``
     (with ``lookup_heads``) the instance marks and the count head (stage 2g; :mod:`instit_edge.train.count_heads`);
     ``oe_words`` moves the lookup's supervision of open-ended answers to the attribute's word (stage 4;
-    :func:`~.lookup_heads.lookup_positions`) and puts the option-span term on a layer-0 head too
-    (``first_layer_span`` of :func:`~.letter_heads.letter_head_loss`: over what tells options ending alike apart).
+    :func:`~.lookup_heads.lookup_positions`); ``first_layer_span`` (with ``option_spans``) adds the layer-0 term
+    of :func:`~.letter_heads.letter_head_loss` (stage 4: a head over what tells options ending alike apart).
     """
     if count_heads and lookup_heads is None:
         raise InstitError("train_vlm: count_heads needs lookup_heads (the world's InstanceRows: where the "
@@ -714,7 +714,7 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
                     shifts.append(int(mask[b].sum()) - len(e.input_ids))  # the image rows minus their placeholder
                 for aux in (letter_head_loss(out, pos, shifts, model.lm_head, lm.norm, letter_ids, option_spans,
                                              span_read.value() if span_read is not None else None,
-                                             first_layer_span=oe_words),
+                                             first_layer_span=first_layer_span),
                             lookup_head_loss(out, lpos, shifts, model.lm_head, lm.norm,
                                              head_read.value() if head_read is not None else None),
                             count_head_loss(out, [counts.get(id(c[0])) for c in chosen], shifts, model.lm_head,
@@ -843,7 +843,8 @@ def train_multi_stage(model, processor, world: Path, lookups: list, qa_tl: list,
     return train_vlm(model, processor, lookups, pool, steps, lr=lr, batch=16, dense_frac=0.2, dense_floor=0.2,
                      state_path=state_path, held=held_tl, log=log, deadline=deadline, rows=rows, freeze_code=True,
                      letter_heads=True, lookup_heads=InstanceRows(world, IMAGE // PATCH), multi_heads=True,
-                     option_spans=option_spans or counting, count_heads=counting, oe_words=oe_words)
+                     option_spans=option_spans or counting, count_heads=counting, oe_words=oe_words,
+                     first_layer_span=oe_words)
 
 
 _STAGES_TO_2D = ("vision", "codes", "lookup", "letters", "heads", "vlm", "lookup_heads")
