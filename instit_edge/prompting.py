@@ -250,6 +250,12 @@ OFFICIAL_ANSWER_PREFIXES: tuple[str, ...] = (
     "The correct option",
 )
 
+def frame_label(number: int) -> str:
+    """The text a model trained with frame labels reads before each video frame's rows: the frame's 1-based
+    number in the whole video, as questions write it (``<7>``)."""
+    return f"<{number}>"
+
+
 SPLITS = ("image", "video")
 
 _TASK_PROMPTS = MappingProxyType({

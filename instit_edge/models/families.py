@@ -195,5 +195,7 @@ def preprocess_for(model, processor) -> dict:
         # frames without AnyRes, pooled and joined as the family (or the original checkpoint) does
         "video": {"anyres": False, "pool_stride": int(vid["pool_stride"]), "pool_mode": str(vid["pool_mode"]),
                   "max_frames": int(vid.get("max_frames", 32)), "newline": False,
-                  "newline_position": str(vid["newline_position"]), "pool_ceil": bool(vid["pool_ceil"])},
+                  "newline_position": str(vid["newline_position"]), "pool_ceil": bool(vid["pool_ceil"]),
+                  # the text "<t>" before each frame's rows (a model trained so: train/video_heads.py)
+                  "frame_labels": bool(getattr(cfg, "video_frame_labels", False))},
     }

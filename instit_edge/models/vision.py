@@ -74,3 +74,30 @@ def video_rows(model, crops, video: dict):
         rows = torch.cat([rows, nl.to(rows.dtype).expand(n, 1, d)], 1)
     rows = rows.reshape(-1, d)
     return torch.cat([rows, nl.to(rows.dtype)[None]], 0) if where == "one_token" else rows
+
+
+def label_frames(model, tokenizer, rows, numbers: list[int], text_offsets: list | None = None):
+    """A video's rows (:func:`video_rows`, frames in order) with the embedded tokens of ``<t>`` before each
+    frame's rows, ``numbers`` the frames' 1-based places in the video: what a model whose config says
+    ``video_frame_labels`` reads (the runtime's :meth:`~instit_edge.runtime.session.EdgeSession.media_segments`
+    in torch). Each frame has the same rows; a newline after the whole video belongs to the last frame.
+    ``text_offsets``, when given, gets the labels' token offsets in the block (text positions, for logits)."""
+    import torch
+
+    from ..prompting import frame_label
+
+    n, total = len(numbers), len(rows)
+    per = total // n
+    if total - per * n not in (0, 1) or per == 0:
+        raise InstitError(f"video rows {total} do not split into {n} frames")
+    sizes = [per] * (n - 1) + [total - per * (n - 1)]
+    emb = model.get_input_embeddings()
+    parts, at = [], 0
+    for number, size in zip(numbers, sizes):
+        ids = tokenizer(frame_label(number), add_special_tokens=False)["input_ids"]
+        if text_offsets is not None:
+            text_offsets.extend(range(at + sum(len(p) for p in parts[::2]), at + sum(len(p) for p in parts[::2])
+                                      + len(ids)))
+        parts += [emb(torch.tensor(ids, device=emb.weight.device)).to(rows.dtype), rows[at:at + size]]
+        at += size
+    return torch.cat(parts, 0)

@@ -20,10 +20,16 @@ def sample_indices(n: int, k: int) -> list[int]:
 
 def load_frames(source, max_frames: int = 32) -> list[np.ndarray]:
     """Frames as HxWx3 uint8 RGB arrays from a frame folder, a video file, or a list."""
+    return load_numbered_frames(source, max_frames)[0]
+
+
+def load_numbered_frames(source, max_frames: int = 32) -> tuple[list[np.ndarray], list[int]]:
+    """:func:`load_frames`, and each kept frame's 1-based number in the whole video (what ``<t>`` names)."""
     from .anyres import load_image
 
     if isinstance(source, (list, tuple)):
         frames = [np.asarray(load_image(f)) for f in source]
+        numbers = list(range(1, len(frames) + 1))
     else:
         p = Path(source)
         if not p.exists():
@@ -32,15 +38,17 @@ def load_frames(source, max_frames: int = 32) -> list[np.ndarray]:
             files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
             if not files:
                 raise InstitError(f"video folder {p} has no frames (*.jpg, *.png)")
-            files = [files[i] for i in sample_indices(len(files), max_frames)]
-            frames = [np.asarray(load_image(f)) for f in files]
+            keep = sample_indices(len(files), max_frames)
+            frames = [np.asarray(load_image(files[i])) for i in keep]
         else:
-            frames = _read_video_file(p, max_frames)
+            frames, keep = _read_video_file(p, max_frames)
+        numbers = [i + 1 for i in keep]
     if not frames:
         raise InstitError(f"video {source} has zero frames")
     if len(frames) > max_frames:
-        frames = [frames[i] for i in sample_indices(len(frames), max_frames)]
-    return frames
+        keep = sample_indices(len(frames), max_frames)
+        frames, numbers = [frames[i] for i in keep], [numbers[i] for i in keep]
+    return frames, numbers
 
 
 def open_capture(path):
@@ -83,4 +91,5 @@ def _read_video_file(p: Path, max_frames: int) -> list[np.ndarray]:
         cap.release()
     if not frames:
         raise InstitError(f"video {p} has zero readable frames (corrupt or empty file)")
-    return [frames[i] for i in sample_indices(len(frames), max_frames)]
+    keep = sample_indices(len(frames), max_frames)
+    return [frames[i] for i in keep], keep

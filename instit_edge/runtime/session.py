@@ -81,6 +81,10 @@ class EdgeSession:
         self.prompt_cfg = bundle.prompt
         self._embd_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.cache_size = 64
+        # bundles whose video config says frame_labels get "<t>" before each frame's rows: key -> (numbers,
+        # rows per frame) of the videos embedded lately (segments() splits their rows there)
+        self.frame_labels = bool(bundle.preprocess.get("video", {}).get("frame_labels", False))
+        self._frame_layout: OrderedDict[str, tuple[list[int], list[int]]] = OrderedDict()
         self.last_stats: dict = {}
         # llama.cpp's context is not thread-safe: answers and background prefetches take turns. A plain Lock,
         # not an RLock: ``stream`` is a generator that Gradio / Starlette advance from different worker
@@ -202,32 +206,67 @@ class EdgeSession:
         return self._cached(key, compute)
 
     def video_embeddings(self, video) -> tuple[np.ndarray, str, int]:
-        from .media import load_frames
+        from .media import load_numbered_frames
 
         max_frames = int(self.bundle.preprocess.get("video", {}).get("max_frames", 32))
-        frames = load_frames(video, max_frames=max_frames)
-        rows = [self.frame_embeddings(f) for f in frames]
+        frames, numbers = load_numbered_frames(video, max_frames=max_frames)
+        return self.frames_embeddings(frames, numbers)
+
+    def frames_embeddings(self, frames: list[np.ndarray], numbers: list[int] | None = None
+                          ) -> tuple[np.ndarray, str, int]:
+        """A video's rows from its (sampled) frames, ``numbers`` their 1-based places in the whole video (default
+        1..N): the rows, their cache key and the frame count. For a bundle with frame labels the key also
+        tells :meth:`segments` where each frame's rows start."""
+        numbers = list(numbers) if numbers is not None else list(range(1, len(frames) + 1))
+        if len(numbers) != len(frames):
+            raise InstitError(f"{len(frames)} frames but {len(numbers)} frame numbers")
+        blocks = self._video_blocks([self.frame_embeddings(f) for f in frames])
         key = "vid:" + hashlib.sha1("".join(self._hash(f) for f in frames).encode()).hexdigest()[:20]
-        return self._video_newlines(rows), key, len(frames)
+        if self.frame_labels:
+            key += ":" + ",".join(map(str, numbers))
+            self._frame_layout[key] = (numbers, [len(b) for b in blocks])
+            while len(self._frame_layout) > self.cache_size:
+                self._frame_layout.popitem(last=False)
+        return np.concatenate(blocks, 0), key, len(frames)
 
     def _video_newlines(self, rows: list[np.ndarray]) -> np.ndarray:
-        """Frames' rows joined with ``image_newline`` where the bundle's ``video.newline_position`` puts it
-        (LLaVA-NeXT: ``no_token`` none, ``one_token`` one after the video, ``frame`` one per frame, ``grid``
-        one per row of each pooled frame); bundles without a newline vector never add one."""
+        """Frames' rows joined as :meth:`_video_blocks` packs them."""
+        return np.concatenate(self._video_blocks(rows), 0)
+
+    def _video_blocks(self, rows: list[np.ndarray]) -> list[np.ndarray]:
+        """Each frame's rows with ``image_newline`` where the bundle's ``video.newline_position`` puts it
+        (LLaVA-NeXT: ``no_token`` none, ``one_token`` one after the video (the last frame's), ``frame`` one per
+        frame, ``grid`` one per row of each pooled frame); bundles without a newline vector never add one."""
         where = self.bundle.preprocess.get("video", {}).get("newline_position", "no_token")
         if self.newline is None or where == "no_token":
-            return np.concatenate(rows, 0)
+            return list(rows)
         nl = self.newline[None].astype(rows[0].dtype)
         if where == "one_token":
-            return np.concatenate([*rows, nl], 0)
+            return [*rows[:-1], np.concatenate([rows[-1], nl], 0)]
         if where == "frame":
-            return np.concatenate([x for r in rows for x in (r, nl)], 0)
+            return [np.concatenate([r, nl], 0) for r in rows]
         out = []
         for r in rows:  # grid
             side = int(round(len(r) ** 0.5))
-            for i in range(side):
-                out += [r[i * side:(i + 1) * side], nl]
-        return np.concatenate(out, 0)
+            out.append(np.concatenate([x for i in range(side) for x in (r[i * side:(i + 1) * side], nl)], 0))
+        return out
+
+    def media_segments(self, rows: np.ndarray, key: str = "") -> list[Segment]:
+        """The rows as llama.cpp segments: one block, or for a labelled video (:meth:`frames_embeddings`) the
+        tokens of ``<t>`` before each frame's rows."""
+        from ..prompting import frame_label
+
+        if key not in self._frame_layout:
+            return [Segment(embd=rows, key=key)]
+        numbers, lengths = self._frame_layout[key]
+        if sum(lengths) != len(rows):
+            raise InstitError(f"video rows {len(rows)} do not match their frames' {sum(lengths)}; embed it again")
+        out, at = [], 0
+        for n, size in zip(numbers, lengths):
+            out.append(Segment(tokens=self.llm.tokenize_parts([(frame_label(n), False)], add_bos=False)))
+            out.append(Segment(embd=rows[at:at + size], key=f"{key}#{n}"))
+            at += size
+        return out
 
     # ------------------------------------------------------------------ prompt
     def wrap_question(self, question: str, video: bool = False) -> str:
@@ -253,7 +292,7 @@ class EdgeSession:
         before, after = head.split(p["image_token"], 1)
         return [
             Segment(tokens=self.llm.tokenize_parts([(before, True)], add_bos=p["add_bos"])),
-            Segment(embd=rows, key=key),
+            *self.media_segments(rows, key),
             Segment(tokens=self.llm.tokenize_parts([(after, True), *rest], add_bos=False)),
         ]
 
@@ -343,7 +382,7 @@ class EdgeSession:
         with self._lock:
             if gen != self._prefetch_gen:  # a newer frame arrived while the vision ran
                 return {"cancelled": True, "vision_ms": vision_ms}
-            head = self.segments("?", rows, key)[:2]  # template text before the image, and the image rows
+            head = self.segments("?", rows, key)[:-1]  # template text before the image, and the image rows
             if prefix:  # the template's text after the image, then the known start of the question
                 p = self.prompt_cfg
                 after = build_user_prompt_parts(prefix, p["template"], "image", p["image_token"])[0][0]

@@ -10,7 +10,7 @@ transformers has one (LLaVA-OneVision), otherwise the bundle's video settings
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -28,6 +28,7 @@ class TorchSession:
     video: dict
     device: str = "cpu"
     last_stats: dict = None
+    _block_text: list = field(default_factory=list)  # label tokens in the last spliced rows (frame labels)
 
     @classmethod
     def load(cls, checkpoint: str, device: str = "cpu", dtype: str = "float32") -> "TorchSession":
@@ -83,6 +84,7 @@ class TorchSession:
     def _inputs(self, question: str, image=None, video=None):
         import torch
 
+        self._block_text = []  # label tokens inside the spliced rows (frame labels): text positions for logits
         media = "image" if (image is not None or video is not None) else None
         ids = torch.tensor([self.prompt_ids(question, media)], device=self.device)
         with torch.no_grad():
@@ -116,25 +118,29 @@ class TorchSession:
         return ids, full, len(rows) - n_placeholder
 
     def video_rows(self, video):
-        """Frames' rows as the checkpoint's family packs them (:func:`instit_edge.models.vision.video_rows`)."""
+        """Frames' rows as the checkpoint's family packs them (:func:`instit_edge.models.vision.video_rows`), with
+        the frame labels of :func:`~instit_edge.models.vision.label_frames` where the model has them."""
         import torch
         from PIL import Image
 
         from ..models.families import processor_tile_size
-        from ..models.vision import video_rows
+        from ..models.vision import label_frames, video_rows
         from .anyres import Preprocess
-        from .media import load_frames
+        from .media import load_numbered_frames
 
         ip = self.processor.image_processor
         pre = Preprocess(processor_tile_size(ip), list(ip.image_mean), list(ip.image_std), None)
-        frames = load_frames(video, self.video["max_frames"])
+        frames, numbers = load_numbered_frames(video, self.video["max_frames"])
         crops = np.concatenate([pre.crops(Image.fromarray(f), anyres=False)[0] for f in frames])
         with torch.no_grad():
-            return video_rows(self.model, torch.from_numpy(crops).to(self.device), self.video)
+            rows = video_rows(self.model, torch.from_numpy(crops).to(self.device), self.video)
+            if self.video.get("frame_labels"):  # "<t>" before each frame's rows, as the bundle's runtime does
+                rows = label_frames(self.model, self.processor.tokenizer, rows, numbers, self._block_text)
+            return rows
 
     # ------------------------------------------------------------------ API
     def logits(self, question: str, image=None, video=None) -> np.ndarray:
-        """Logits at every text position (image rows excluded), like ``EdgeSession.logits``."""
+        """Logits at every text position (image rows excluded, frame labels kept), like ``EdgeSession.logits``."""
         import torch
 
         ids, embeds, extra = self._inputs(question, image, video)
@@ -146,7 +152,8 @@ class TorchSession:
             return out
         n_rows = (len(pos) if extra == 0 else 1) + extra
         start = pos[0]
-        return np.concatenate([out[:start], out[start + n_rows:]], 0)
+        labels = [start + i for i in self._block_text]  # frame labels are text, as the bundle's segments are
+        return np.concatenate([out[:start], out[labels], out[start + n_rows:]], 0)
 
     def stream(self, question: str, image=None, video=None, max_new_tokens: int = 128, **_) -> Iterator[str]:
         import torch

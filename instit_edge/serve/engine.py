@@ -116,6 +116,8 @@ def _media_block(session, imgs: list[np.ndarray]):
     if len(imgs) == 1:
         rows, key = session.image_embeddings(imgs[0])
         return rows, key, None
+    if hasattr(session, "frames_embeddings"):  # the session's own packing (newlines, frame labels)
+        return session.frames_embeddings(imgs)
     rows = np.concatenate([session.frame_embeddings(f) for f in imgs], 0)
     return rows, _frames_key(imgs), len(imgs)
 
@@ -152,7 +154,8 @@ def build_segments(session, turns: list[Turn], media: list[list[np.ndarray]]):
         content = _SLOT.format(k)
         if imgs:
             rows, key, n_frames = _media_block(session, imgs)
-            blocks.append(Segment(embd=rows, key=key))
+            blocks.append(session.media_segments(rows, key) if hasattr(session, "media_segments")
+                          else [Segment(embd=rows, key=key)])
             content = f"{tok}\n{content}"
         chat.append((t.role, content))
     try:
@@ -184,7 +187,7 @@ def build_segments(session, turns: list[Turn], media: list[list[np.ndarray]]):
 
     segs = [Segment(tokens=tokens(groups[0], p["add_bos"]))]
     for block, parts in zip(blocks, groups[1:]):
-        segs.append(block)
+        segs.extend(block)
         toks = tokens(parts, False)
         if toks:
             segs.append(Segment(tokens=toks))

@@ -104,13 +104,16 @@ class MediaEncoder:
         import torch
         from PIL import Image
 
-        from ..models.vision import video_rows
-        from ..runtime.media import load_frames
+        from ..models.vision import label_frames, video_rows
+        from ..runtime.media import load_numbered_frames
 
-        arrs = load_frames(frames, self.max_frames)
+        arrs, numbers = load_numbered_frames(frames, self.max_frames)
         crops = np.concatenate([self.pre.crops(Image.fromarray(f), anyres=False)[0] for f in arrs])
         dev = next(self.model.parameters()).device
-        return video_rows(self.model, torch.from_numpy(crops).to(dev), self.video)
+        rows = video_rows(self.model, torch.from_numpy(crops).to(dev), self.video)
+        if self.video.get("frame_labels"):  # the model reads "<t>" before each frame's rows
+            rows = label_frames(self.model, self.processor.tokenizer, rows, numbers)
+        return rows
 
     def rows(self, sample):
         m = sample.media()
