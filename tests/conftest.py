@@ -90,3 +90,11 @@ def seed(request) -> int:
 def rng(seed) -> np.random.Generator:
     """A numpy generator from the test's printed seed."""
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The committed default model's real tokenizer (a module may override ``tok`` with another)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "models" / "default")

@@ -16,19 +16,11 @@ from conftest import default_world
 
 torch = pytest.importorskip("torch")
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return default_world(tmp_path_factory, "count", seed=11, images=12, videos=1)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(ROOT / "models" / "default")
 
 
 def test_count_positions_mark_each_instance_once_and_point_at_the_counted(world, tok):

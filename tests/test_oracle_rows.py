@@ -529,8 +529,8 @@ def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world,
     committed weights, with their card's later records removed; stage 3 off), 2f-4 from one trained up to 2e, 2g
     and 4 from one trained up to 2f, only 4 from one whose 2g was off; the card says where the earlier stages came
     from; the LLM changes, the tower does not; stage 3 (the code refresh) changes the tower and not the LLM, and
-    stage 4 after it the LLM and not the tower; a model that has stage 4 already, or has no card, is refused with
-    what to do."""
+    stage 4 after it the LLM and not the tower, and stage 5 (when asked) gives the model frame labels, which a
+    run without it leaves off; a model that has stage 5 already, or has no card, is refused with what to do."""
     import json
     import shutil
 
@@ -554,24 +554,26 @@ def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world,
         return card
 
     src = tmp_path / "trained"
-    card = without(DEFAULT, src, "multi_heads", "span_heads", "count_heads", "oe_heads", "code_refresh")
+    card = without(DEFAULT, src, "multi_heads", "span_heads", "count_heads", "oe_heads", "code_refresh",
+                   "video_heads")
     work = tmp_path / "work"
     work.mkdir()
     (work / "world").symlink_to(world)  # the fixture's small world stands in for the training world
     out = tmp_path / "out"
     got = build_default(out, multi_steps=2, span_steps=1, count_steps=1, oe_steps=1, refresh_steps=0, work=work,
-                        from_model=src, log=lambda *_: None)
+                        from_model=src, log=lambda *_: None, video_steps=0)
     assert got["complete"] and got["multi_heads"]["steps"] == 2 and got["span_heads"]["steps"] == 1
     assert got["count_heads"]["steps"] == 1 and got["oe_heads"]["steps"] == 1
+    assert json.loads((out / "config.json").read_text())["video_frame_labels"] is False  # stage 5 off: no labels
     assert got["stages_1_to_2d_from"]["path"] == str(src)
     assert got["lookup_heads"]["steps"] == card["lookup_heads"]["steps"]  # the stages before are the source's
     before, after = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in after if "language_model" in k)
     assert all(torch.equal(before[k], after[k]) for k in after if "vision_tower" in k)  # the tower stays frozen
 
-    without(out, tmp_path / "to-3", "code_refresh", "oe_heads")  # up to 2g: stage 3 alone (4 off)
+    without(out, tmp_path / "to-3", "code_refresh", "oe_heads", "video_heads")  # up to 2g: stage 3 alone (4 off)
     fresh = build_default(tmp_path / "out-3", refresh_steps=2, oe_steps=0, work=work, from_model=tmp_path / "to-3",
-                          log=lambda *_: None)
+                          log=lambda *_: None, video_steps=0)
     assert fresh["complete"] and fresh["code_refresh"]["steps"] == 2 and fresh["oe_heads"]["steps"] == 0
     assert fresh["stages_1_to_2g_from"]["path"] == str(tmp_path / "to-3")
     assert (work / "refresh-world-1" / "ground_truth.json").is_file()
@@ -580,44 +582,46 @@ def test_later_stages_continue_a_trained_model_and_refuse_one_they_cannot(world,
     assert all(torch.equal(after[k], refreshed[k]) for k in after if "vision_tower" not in k
                and "linear_1" not in k)  # the LLM (and the readout baked from its embeddings) is untouched
     (work / "oe-state.pt").unlink()
-    last = build_default(tmp_path / "out-4", refresh_steps=5, oe_steps=1, work=work, from_model=tmp_path / "out-3",
-                         log=lambda *_: None)  # stage 3 comes from the source's card, not run again
-    assert last["complete"] and last["oe_heads"]["steps"] == 1
+    without(tmp_path / "out-3", tmp_path / "to-4", "oe_heads", "video_heads")  # up to 3: stages 4 and 5 run
+    last = build_default(tmp_path / "out-4", refresh_steps=5, oe_steps=1, work=work, from_model=tmp_path / "to-4",
+                         log=lambda *_: None, video_steps=1)  # stage 3 comes from the source's card, not run again
+    assert last["complete"] and last["oe_heads"]["steps"] == 1 and last["video_heads"]["steps"] == 1
+    assert json.loads((tmp_path / "out-4" / "config.json").read_text())["video_frame_labels"] is True
     assert {k: v for k, v in last["code_refresh"].items() if k != "losses"} == fresh["code_refresh"]
-    assert last["stages_1_to_3_from"]["path"] == str(tmp_path / "out-3")
+    assert last["stages_1_to_3_from"]["path"] == str(tmp_path / "to-4")
     final = load_file(tmp_path / "out-4" / "model.safetensors")
     assert all(torch.equal(refreshed[k], final[k]) for k in final if "vision_tower" in k or "linear_1" in k)
     assert any(not torch.equal(refreshed[k], final[k]) for k in final if "language_model" in k)
-    with pytest.raises(InstitError, match="stage 4 already"):
+    with pytest.raises(InstitError, match="stage 5 already"):
         build_default(tmp_path / "again", work=work, from_model=tmp_path / "out-4", log=lambda *_: None)
 
-    card_2e = without(out, tmp_path / "to-2e", "span_heads", "count_heads", "oe_heads")  # up to 2e: 2f-4 run
+    card_2e = without(out, tmp_path / "to-2e", "span_heads", "count_heads", "oe_heads", "video_heads")  # up to 2e: 2f-4 run
     for state in ("span", "count", "oe"):
         (work / f"{state}-state.pt").unlink()
     got = build_default(tmp_path / "out-2f", span_steps=1, count_steps=1, oe_steps=1, refresh_steps=0, work=work,
-                        from_model=tmp_path / "to-2e", log=lambda *_: None)
+                        from_model=tmp_path / "to-2e", log=lambda *_: None, video_steps=0)
     assert got["complete"] and got["multi_heads"] == card_2e["multi_heads"] and got["span_heads"]["steps"] == 1
     assert got["stages_1_to_2e_from"]["path"] == str(tmp_path / "to-2e")
     assert got["stages_1_to_2e_from"]["stages_1_to_2d_from"]["path"] == str(src)  # the chain of provenance
 
-    card_2f = without(tmp_path / "out-2f", tmp_path / "to-2f", "count_heads", "oe_heads")  # up to 2f: 2g, 4 run
+    card_2f = without(tmp_path / "out-2f", tmp_path / "to-2f", "count_heads", "oe_heads", "video_heads")  # up to 2f: 2g, 4 run
     (work / "count-state.pt").unlink()
     (work / "oe-state.pt").unlink()
     got = build_default(tmp_path / "out-2g", count_steps=1, oe_steps=1, refresh_steps=0, work=work,
-                        from_model=tmp_path / "to-2f", log=lambda *_: None)
+                        from_model=tmp_path / "to-2f", log=lambda *_: None, video_steps=0)
     assert got["complete"] and got["span_heads"] == card_2f["span_heads"] and got["count_heads"]["steps"] == 1
     assert got["stages_1_to_2f_from"]["path"] == str(tmp_path / "to-2f") and got["oe_heads"]["steps"] == 1
 
-    off = without(tmp_path / "out-2g", tmp_path / "2g-off", "oe_heads")  # 2g and 3 off there: only 4 runs
+    off = without(tmp_path / "out-2g", tmp_path / "2g-off", "oe_heads", "video_heads")  # 2g and 3 off there: only 4 runs
     off["count_heads"] = {"steps": 0, "target_steps": 0, "curve": []}
     (tmp_path / "2g-off" / "training.json").write_text(json.dumps(off))
     (work / "oe-state.pt").unlink()
     got = build_default(tmp_path / "out-4-only", count_steps=5, oe_steps=1, refresh_steps=5, work=work,
-                        from_model=tmp_path / "2g-off",
+                        from_model=tmp_path / "2g-off", video_steps=0,
                         log=lambda *_: None)  # a stage off in the source stays off
     assert got["complete"] and got["count_heads"]["steps"] == 0 and got["oe_heads"]["steps"] == 1
     assert got["code_refresh"]["steps"] == 0 and got["stages_1_to_3_from"]["path"] == str(tmp_path / "2g-off")
-    half = without(tmp_path / "out-2g", tmp_path / "half-2f", "count_heads", "oe_heads")
+    half = without(tmp_path / "out-2g", tmp_path / "half-2f", "count_heads", "oe_heads", "video_heads")
     half["span_heads"]["steps"] = 0.5 * half["span_heads"]["target_steps"]
     (tmp_path / "half-2f" / "training.json").write_text(json.dumps(half))
     with pytest.raises(InstitError, match="stage 2f is not complete"):

@@ -457,6 +457,25 @@ class FrozenVisionRows:
         self.model = model
         self.enc = MediaEncoder(model, processor)
         self.cache: dict[int, tuple] = {}
+        self.tokenizer = processor.tokenizer
+        # a model whose config says video_frame_labels reads "<t>" before each frame's rows (train/video_heads.py)
+        self.frame_labels = bool(getattr(model.config, "video_frame_labels", False))
+
+    def layout(self, sample):
+        """``(block_layout, rows per frame)`` of a video sample's labelled rows; None for an image or no labels."""
+        from .video_heads import block_layout, label_ids
+
+        if sample.frames is None or not self.frame_labels:
+            return None
+        if self._key(sample) not in self.cache:
+            self.rows(sample)
+        n, t, _ = self.cache[self._key(sample)][1].shape
+        per = math.ceil(round(t ** 0.5) / 2) ** 2  # 2x2 pooling, rounded up (rows())
+        return block_layout(label_ids(self.tokenizer, range(1, n + 1)), per), per
+
+    @staticmethod
+    def _key(sample):
+        return str(sample.image) if sample.image is not None else tuple(map(str, sample.frames))
 
     def features(self, crops):
         import torch
@@ -478,7 +497,7 @@ class FrozenVisionRows:
         from ..runtime.anyres import load_image
         from ..runtime.media import load_frames
 
-        key = str(sample.image) if sample.image is not None else tuple(map(str, sample.frames))
+        key = self._key(sample)
         if key not in self.cache:  # by media, not by sample: the lookups ask ~24 questions about each image
             if sample.image is not None:
                 crops, hw = self.enc.pre.crops(load_image(sample.image), anyres=self.enc.is_next)
@@ -499,7 +518,12 @@ class FrozenVisionRows:
         n, t, d = x.shape
         side = int(round(t ** 0.5))
         g = F.avg_pool2d(x.reshape(n, side, side, d).permute(0, 3, 1, 2), 2, 2, ceil_mode=True)
-        return g.permute(0, 2, 3, 1).reshape(-1, d)
+        g = g.permute(0, 2, 3, 1).reshape(-1, d)
+        if not self.frame_labels:
+            return g
+        from ..models.vision import label_frames
+
+        return label_frames(self.model, self.tokenizer, g, list(range(1, n + 1)))
 
 
 class TiedCodeRows(FrozenVisionRows):
@@ -598,7 +622,7 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
               log=print, deadline: float | None = None, rows=None, freeze_code: bool = False,
               whole_batches: bool = False, letter_heads: bool = False, lookup_heads=None,
               multi_heads: bool = False, option_spans: bool = False, count_heads: bool = False,
-              oe_words: bool = False, first_layer_span: bool = False) -> dict:
+              oe_words: bool = False, first_layer_span: bool = False, video_heads=None) -> dict:
     """Train projector + LLM; resumes from ``state_path`` and writes it every ``save_every`` steps.
 
     ``rows`` gives the image rows of a sample (default: the frozen vision tower
@@ -616,6 +640,8 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
     ``oe_words`` moves the lookup's supervision of open-ended answers to the attribute's word (stage 4;
     :func:`~.lookup_heads.lookup_positions`); ``first_layer_span`` (with ``option_spans``) adds the layer-0 term
     of :func:`~.letter_heads.letter_head_loss` (stage 4: a head over what tells options ending alike apart).
+    ``video_heads`` (a :class:`~.video_heads.VideoInstanceRows` of the world; the model reads frame labels)
+    adds the video lookups and the frame-label head of :mod:`instit_edge.train.video_heads` (stage 5).
     """
     if count_heads and lookup_heads is None:
         raise InstitError("train_vlm: count_heads needs lookup_heads (the world's InstanceRows: where the "
@@ -640,7 +666,7 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
     enc_h = [encode_text(s, tok, "vicuna_v1") for s in held]
     rows = rows or FrozenVisionRows(model, processor)
     lm = model.model.language_model
-    attend = letter_heads or lookup_heads is not None
+    attend = letter_heads or lookup_heads is not None or video_heads is not None
     if attend:
         from . import letter_heads as letter_heads_mod
         from .letter_heads import HS, LS, letter_head_loss, letter_positions
@@ -653,7 +679,10 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
 
             count_read, counts = HeadOutput(lm, LC, HC), {}
         letter_ids = {x: tok.encode(" " + x, add_special_tokens=False)[-1] for x in "ABCD"}
-        where, looks = {}, {}  # sample id -> LetterPositions / LookupPositions or None
+        where, looks, vlooks = {}, {}, {}  # sample id -> LetterPositions / LookupPositions or None
+        if video_heads is not None:
+            from . import video_heads as video_heads_mod
+            from .video_heads import first_frame_marks, frame_label_loss, video_positions
         attn_impl = lm.config._attn_implementation
         lm.config._attn_implementation = "eager"
     params = [p for p in model.parameters() if p.requires_grad]
@@ -709,8 +738,14 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
                                                           multi=multi_heads, oe_word=oe_words)
                     if count_heads and id(smp) not in counts:
                         counts[id(smp)] = count_positions(smp, e.input_ids, tok, "vicuna_v1", lookup_heads)
+                    if video_heads is not None and id(smp) not in vlooks:
+                        lay = rows.layout(smp)
+                        vlooks[id(smp)] = (lay, video_positions(smp, e.input_ids, tok, "vicuna_v1", video_heads,
+                                                                lay[0]) if lay else None,
+                                           first_frame_marks(smp, video_heads, lay[0])
+                                           if lay and video_heads_mod.MARKS else None)
                     pos.append(where.get(id(smp)))
-                    lpos.append(looks.get(id(smp)))
+                    lpos.append(looks.get(id(smp)) or vlooks.get(id(smp), (None, None, None))[1])
                     shifts.append(int(mask[b].sum()) - len(e.input_ids))  # the image rows minus their placeholder
                 for aux in (letter_head_loss(out, pos, shifts, model.lm_head, lm.norm, letter_ids, option_spans,
                                              span_read.value() if span_read is not None else None,
@@ -718,7 +753,11 @@ def train_vlm(model, processor, dense, qa, steps: int, lr: float = 1e-3, batch: 
                             lookup_head_loss(out, lpos, shifts, model.lm_head, lm.norm,
                                              head_read.value() if head_read is not None else None),
                             count_head_loss(out, [counts.get(id(c[0])) for c in chosen], shifts, model.lm_head,
-                                            lm.norm, count_read.value()) if count_heads else None):
+                                            lm.norm, count_read.value()) if count_heads else None,
+                            frame_label_loss(out, [vlooks.get(id(c[0]), (None,))[0] for c in chosen],
+                                             [c[1].image_pos for c in chosen],
+                                             [vlooks.get(id(c[0]), (None, None, None))[2] for c in chosen])
+                            if video_heads is not None else None):
                     loss = loss + aux if aux is not None else loss
         opt.zero_grad()
         loss.backward()
@@ -809,7 +848,8 @@ def _multi_pool(qa_tl: list, option_spans: bool = False) -> tuple[list, list, li
 
 def train_multi_stage(model, processor, world: Path, lookups: list, qa_tl: list, held_tl: list, steps: int,
                       rows, state_path: Path | None, lr: float = 1e-3, log=print, deadline: float | None = None,
-                      option_spans: bool = False, counting: bool = False, oe_words: bool = False) -> dict:
+                      option_spans: bool = False, counting: bool = False, oe_words: bool = False,
+                      video: bool = False) -> dict:
     """Stage 2e: the bench questions again, with the relation, extreme and count MC questions repeated
     (``MULTI_REPEAT``; the video questions ``VIDEO_REPEAT``) and their lookups supervised too
     (:func:`~.lookup_heads.multi_positions`), beside the one-instance lookups, the letter step and 20% short
@@ -820,16 +860,30 @@ def train_multi_stage(model, processor, world: Path, lookups: list, qa_tl: list,
     ``oe_words`` (and ``option_spans``) it is stage 4: 2f, with the open-ended answers' lookups supervised at the
     attribute's word (``[2] is orange.``) instead of at ``[``, and the option-span term on head H0 of layer 0 too
     (sixteenth session: without it ``top-right`` / ``middle-right`` and ``to the left of`` / ``to the right of``
-    still looked alike where the answer head reads them)."""
+    still looked alike where the answer head reads them). With ``video`` (and ``oe_words``) it is stage 5: stage 4,
+    the video MC questions ``VIDEO_HEADS_REPEAT`` times in all, read with frame labels (``rows`` must have them on)
+    and their lookups supervised (:mod:`.video_heads`)."""
     from .lookup_heads import _COUNT, InstanceRows
 
     pool, multi, videos = _multi_pool(qa_tl, option_spans or counting)
+    video_heads = None
+    if video:
+        from .video_heads import VideoInstanceRows
+
+        if not getattr(rows, "frame_labels", False):
+            raise InstitError("stage 5 reads videos with frame labels: set video_frame_labels on the model "
+                              "before building its rows")
+        vmc = [x for x in qa_tl if x.kind == "video-mc"]
+        pool += vmc * (VIDEO_HEADS_REPEAT - 1)
+        video_heads = VideoInstanceRows(world, IMAGE // PATCH // 2)  # the pooled frame: 2x2 patches per row
+        log(f"stage 5: stage 4's pool and terms, frame labels <t> before each frame's rows, {len(vmc)} video MC "
+            f"questions x{VIDEO_HEADS_REPEAT} with their lookups supervised (train/video_heads.py), lr {lr:g}")
     if counting:
         counts = [x for x in qa_tl if x.kind == "image-mc" and _COUNT.search(x.turns[0][0])]
         pool += counts * (COUNT_REPEAT - 1)
         log(f"stage 2g: the instance marks and the count head, supervised (train/count_heads.py), 2f's pool, "
             f"{len(counts)} image count questions {COUNT_REPEAT - 1} more times")
-    elif oe_words:
+    elif oe_words and not video:
         log(f"stage 4: 2f's pool and terms, the open-ended answers' lookups supervised at the attribute's word "
             f"(train/lookup_heads.py), the option-span term on a layer-0 head too, lr {lr:g}")
     elif option_spans:
@@ -844,7 +898,7 @@ def train_multi_stage(model, processor, world: Path, lookups: list, qa_tl: list,
                      state_path=state_path, held=held_tl, log=log, deadline=deadline, rows=rows, freeze_code=True,
                      letter_heads=True, lookup_heads=InstanceRows(world, IMAGE // PATCH), multi_heads=True,
                      option_spans=option_spans or counting, count_heads=counting, oe_words=oe_words,
-                     first_layer_span=oe_words)
+                     first_layer_span=oe_words, video_heads=video_heads)
 
 
 _STAGES_TO_2D = ("vision", "codes", "lookup", "letters", "heads", "vlm", "lookup_heads")
@@ -856,8 +910,10 @@ def _complete(card: dict, key: str) -> bool:
 
 
 _LATER_STAGES = (("multi_heads", "2e"), ("span_heads", "2f"), ("count_heads", "2g"), ("code_refresh", "3"),
-                 ("oe_heads", "4"))  # in order
+                 ("oe_heads", "4"), ("video_heads", "5"))  # in order
 OE_LR = 3e-4  # stage 4's peak learning rate: it continues trained weights
+VIDEO_LR = 3e-4  # stage 5's
+VIDEO_HEADS_REPEAT = 10  # stage 5: each video MC question this many times in the pool (~27% of the samples)
 REFRESH_LR = 3e-4  # stage 3's peak learning rate: it continues the trained tower and code
 REFRESH_WORLDS = 2  # stage 3: this many more worlds (seeds WORLD_SEED_OFFSET + seed + 1001, ...), each
 REFRESH_IMAGES, REFRESH_VIDEOS = 3000, 200  # with this many images and videos in each of its two parts
@@ -956,12 +1012,13 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
                   span_steps: int = 400, count_steps: int = 0, oe_steps: int = 400, refresh_steps: int = 6000,
                   batch: int = 32,
                   lr: float = 1e-3, work: str | Path | None = None, budget_minutes: float | None = None,
-                  log=print, from_model: str | Path | None = None) -> dict:
+                  log=print, from_model: str | Path | None = None, video_steps: int = 0) -> dict:
     """Build the world, train every stage (resuming from ``work``), save an HF checkpoint + model card at ``out``.
 
     ``from_model``: a model this recipe trained up to stage 2d, 2e, 2f or 3 (its ``training.json`` says so); the
     stages after it continue from its weights instead of retraining the ones before (how the committed weights
-    got stages 2e, 2f and 3)."""
+    got stages 2e, 2f and 3). ``video_steps`` > 0 runs stage 5 (:mod:`.video_heads`, an experiment, off by
+    default) and gives the model frame labels."""
     import torch
 
     from ..atomic import atomic_dir, write_json
@@ -1006,6 +1063,7 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
                            state_path=work / "lookup-state.pt", held=held, log=log, deadline=deadline,
                            rows=OracleRows(model, SceneTable(world, tok)))
         code_rows = TiedCodeRows(model, processor, layout)
+        code_rows.frame_labels = model.config.video_frame_labels = False  # frame labels come with stage 5
         letters = {"steps": 0, "target_steps": mc_steps, "losses": [], "curve": []}
         vlm = {"steps": 0, "target_steps": vlm_steps, "losses": [], "curve": []}
         if lookup["steps"] >= lookup_steps:
@@ -1042,6 +1100,7 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
         vis, codes, lookup, letters, heads, vlm, looked = (done[k] for k in _STAGES_TO_2D)
         layout = codes["layout"]
         code_rows = TiedCodeRows(model, processor, layout)
+        code_rows.frame_labels = model.config.video_frame_labels = False  # frame labels come with stage 5
         lookup_steps, mc_steps, heads_steps, vlm_steps, lookup_heads_steps = (
             lookup["target_steps"], letters["target_steps"], heads["target_steps"], vlm["target_steps"],
             looked["target_steps"])
@@ -1076,12 +1135,19 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
         refresh = _code_stage(work / "refresh.pt", model, log, refresh_run)
     oe = later("oe_heads", oe_steps, spans["steps"] >= span_steps and counted["steps"] >= count_steps
                and refresh["steps"] >= refresh_steps, "oe-state.pt", lr=OE_LR, option_spans=True, oe_words=True)
+    oe_steps = oe["target_steps"]  # stage 4 off in a --from-model source stays off
+    if video_steps:  # stage 5 and the model after it read "<t>" before each video frame's rows
+        model.config.video_frame_labels = True
+        code_rows.frame_labels = True
+    vid = later("video_heads", video_steps, oe["steps"] >= oe_steps, "video-state.pt", lr=VIDEO_LR,
+                option_spans=True, oe_words=True, video=True)
     init_code_readout(model, tok, layout)  # bake the tied readout into the projector for export
     model.config.instit_question_format = "official_oe"  # ask / demo / serve wrap plain questions as trained
     complete = (lookup["steps"] >= lookup_steps and letters["steps"] >= mc_steps and heads["steps"] >= heads_steps
                 and vlm["steps"] >= vlm_steps and looked["steps"] >= lookup_heads_steps
                 and multi["steps"] >= multi_steps and spans["steps"] >= span_steps
-                and counted["steps"] >= count_steps and oe["steps"] >= oe_steps and refresh["steps"] >= refresh_steps)
+                and counted["steps"] >= count_steps and oe["steps"] >= oe_steps and refresh["steps"] >= refresh_steps
+                and vid["steps"] >= video_steps)
     card = {"recipe": [line for line in __doc__.strip().splitlines()[:1]], "seed": seed,
             "world_seed": WORLD_SEED_OFFSET + seed, "image_size": IMAGE, "patch_size": PATCH,
             "vision": vis, "codes": codes, "lookup": {k: v for k, v in lookup.items() if k != "losses"},
@@ -1093,6 +1159,7 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
             "span_heads": {k: v for k, v in spans.items() if k != "losses"},
             "count_heads": {k: v for k, v in counted.items() if k != "losses"},
             "oe_heads": {k: v for k, v in oe.items() if k != "losses"},
+            "video_heads": {k: v for k, v in vid.items() if k != "losses"},
             "code_refresh": {k: v for k, v in refresh.items() if k != "layout"},
             "samples": {"lookups": len(lookups), "qa": len(qa), "held_out_mc": len(held)},
             **({f"stages_{done['from']['stages'].replace('-', '_to_')}_from": done["from"]}
@@ -1103,7 +1170,7 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
                                       "heads": heads["losses"], "vlm": vlm["losses"],
                                       "lookup_heads": looked["losses"], "multi_heads": multi["losses"],
                                       "span_heads": spans["losses"], "count_heads": counted["losses"],
-                                      "oe_heads": oe["losses"]})
+                                      "oe_heads": oe["losses"], "video_heads": vid["losses"]})
     card_md = out / "README.md"  # the hand-written model card survives a retrain
     card_text = card_md.read_text(encoding="utf-8") if card_md.is_file() else None
     with atomic_dir(out, force=True) as tmp:
@@ -1137,7 +1204,9 @@ def plot_training(model_dir: str | Path, losses_json: str | Path, png: str | Pat
              ("2f: + the option-span head", raw.get("span_heads", []), card.get("span_heads", {}).get("curve", [])),
              ("2g: + the count heads", raw.get("count_heads", []), card.get("count_heads", {}).get("curve", [])),
              ("4: open-ended lookups at the word, on stage 3's code", raw.get("oe_heads", []),
-              card.get("oe_heads", {}).get("curve", []))] \
+              card.get("oe_heads", {}).get("curve", [])),
+             ("5: frame labels, the video lookups supervised", raw.get("video_heads", []),
+              card.get("video_heads", {}).get("curve", []))] \
         if isinstance(raw, dict) else [("stage 2", raw, card["vlm"]["curve"])]
     k = 25
     fig, ax = plt.subplots(1, 2, figsize=(13, 4.2))
@@ -1221,6 +1290,10 @@ if __name__ == "__main__":
     ap.add_argument("--oe-steps", type=int, default=400,
                     help="Stage 4, after stage 3: as 2f at lr 3e-4, the open-ended answers' lookups supervised at "
                          "the attribute's word (0: off).")
+    ap.add_argument("--video-steps", type=int, default=0,
+                    help="Stage 5 (an experiment, off by default: video MC did not move yet), after stage 4: frame "
+                         "labels <t> before each video frame's rows, stage 4's pool with the video MC questions x10 "
+                         "and their lookups supervised (0: off, no labels).")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--budget-minutes", type=float, default=None, help="Stop (resumably) after this long.")
@@ -1240,8 +1313,7 @@ if __name__ == "__main__":
         card = build_default(a.out, a.seed, a.images, a.videos, a.vision_steps, a.code_steps, a.lookup_steps,
                              a.mc_steps, a.heads_steps, a.vlm_steps, a.lookup_heads_steps, a.multi_steps,
                              a.span_steps, a.count_steps, a.oe_steps, a.refresh_steps, a.batch, a.lr, a.work,
-                             a.budget_minutes,
-                             from_model=a.from_model)
+                             a.budget_minutes, video_steps=a.video_steps, from_model=a.from_model)
     except InstitError as e:  # one line and the exit code, as the CLI does
         print(f"error: {e.message}", file=sys.stderr)
         sys.exit(e.exit_code)

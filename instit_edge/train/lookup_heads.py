@@ -45,7 +45,7 @@ import numpy as np
 
 from ..errors import InstitError
 from ..prompting import IMAGE_TOKEN, render_chat
-from .letter_heads import token_at, token_offsets
+from .letter_heads import letter_answer, token_at, token_offsets
 
 LQ, HQ = 1, 1  # answer start -> the ID in the question
 LP, HP = 2, 1  # answer start -> the instance's image rows
@@ -200,7 +200,7 @@ def multi_positions(sample, input_ids: list[int], tokenizer, template: str,
                     instances: InstanceRows) -> LookupPositions | None:
     """The supervision of a relation, extreme or count MC question answered ``<option text> <letter>`` (see
     the module's docstring); None for any other sample, for a count of 0, or where an instance covers no patch."""
-    from .letter_heads import _OPTION, letter_answer
+    from .letter_heads import _OPTION
 
     user, ans = sample.turns[0]
     rel, ext, cnt = _RELATION.search(user), _EXTREME.search(user), _COUNT.search(user)
@@ -208,27 +208,11 @@ def multi_positions(sample, input_ids: list[int], tokenizer, template: str,
     if not (rel or ext or cnt) or len(opts) != 4 or ans not in {letter_answer(v, k) for k, v in opts.items()}:
         return None
     right = ans.rsplit(" ", 1)[1]
-
-    def render(a: str) -> str:
-        return render_chat(template, [("user", f"{IMAGE_TOKEN}\n{user}"), ("assistant", a)],
-                           add_generation_prompt=False)
-
-    text = render(ans)
-    ids, offs = list(input_ids), _offsets(tokenizer, text, input_ids)
-    first = _token_at(offs, text.rindex(ans))
-    decide = 0  # the first answer token where the right answer differs from every other option
-    for k, v in opts.items():
-        if k == right:
-            continue
-        other = tokenizer(render(letter_answer(v, k)))["input_ids"][first:]
-        mine = ids[first:]
-        d = next((i for i, (x, y) in enumerate(zip(mine, other)) if x != y), min(len(mine), len(other)))
-        decide = max(decide, d)
-    if first + decide >= len(ids):
+    place = deciding_place(user, ans, opts, input_ids, tokenizer, template)
+    if place is None:
         return None
-    img = [i for i, t in enumerate(input_ids) if t == tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)]
-    if len(img) != 1:
-        return None
+    text, offs, first, decide, img = place
+    ids = list(input_ids)
     pred = first + decide - 1  # the position that predicts the deciding token
     u0 = text.index(user)
     if rel:
@@ -236,16 +220,42 @@ def multi_positions(sample, input_ids: list[int], tokenizer, template: str,
                                                                                             int(rel.group("b")))
         if not rows_a or not rows_b:
             return None
-        return LookupPositions(_token_at(offs, u0 + rel.start("a")), pred, img[0], rows_a, None,
+        return LookupPositions(_token_at(offs, u0 + rel.start("a")), pred, img, rows_a, None,
                                id_token_b=_token_at(offs, u0 + rel.start("b")), rows_b=tuple(rows_b))
     if cnt:  # every counted instance's rows; a count of 0 is left alone
         rows = sorted({r for k in instances.counted(sample.image, user) or [] for r in instances.rows(sample.image, k)})
-        return LookupPositions(None, pred, img[0], rows, None) if rows else None
+        return LookupPositions(None, pred, img, rows, None) if rows else None
     win = _WINNER.search(opts[right])
     rows = instances.rows(sample.image, int(win.group(1))) if win else []
     if not rows:
         return None
-    return LookupPositions(None, pred, img[0], rows, int(ids[first + decide]))
+    return LookupPositions(None, pred, img, rows, int(ids[first + decide]))
+
+
+def deciding_place(user: str, ans: str, opts: dict, input_ids: list[int], tokenizer, template: str):
+    """Where an MC answer ``<option text> <letter>`` is decided: ``(rendered chat, token offsets, the answer's first
+    token, how many tokens after it the right answer first differs from every other option, the ``<image>``
+    placeholder)``; None where the answers never differ or the chat has no single placeholder."""
+    def render(a: str) -> str:
+        return render_chat(template, [("user", f"{IMAGE_TOKEN}\n{user}"), ("assistant", a)],
+                           add_generation_prompt=False)
+
+    right = ans.rsplit(" ", 1)[1]
+    text = render(ans)
+    ids, offs = list(input_ids), _offsets(tokenizer, text, input_ids)
+    first = _token_at(offs, text.rindex(ans))
+    decide = 0
+    for k, v in opts.items():
+        if k == right:
+            continue
+        other = tokenizer(render(letter_answer(v, k)))["input_ids"][first:]
+        mine = ids[first:]
+        d = next((i for i, (x, y) in enumerate(zip(mine, other)) if x != y), min(len(mine), len(other)))
+        decide = max(decide, d)
+    img = [i for i, t in enumerate(ids) if t == tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)]
+    if first + decide >= len(ids) or len(img) != 1:
+        return None
+    return text, offs, first, decide, img[0]
 
 
 class HeadOutput:
