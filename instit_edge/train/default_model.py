@@ -1012,13 +1012,13 @@ def build_default(out: str | Path, seed: int = 0, n_images: int = 2000, n_videos
                   span_steps: int = 400, count_steps: int = 0, oe_steps: int = 400, refresh_steps: int = 6000,
                   batch: int = 32,
                   lr: float = 1e-3, work: str | Path | None = None, budget_minutes: float | None = None,
-                  log=print, from_model: str | Path | None = None, video_steps: int = 0) -> dict:
+                  log=print, from_model: str | Path | None = None, video_steps: int = 1700) -> dict:
     """Build the world, train every stage (resuming from ``work``), save an HF checkpoint + model card at ``out``.
 
     ``from_model``: a model this recipe trained up to stage 2d, 2e, 2f or 3 (its ``training.json`` says so); the
     stages after it continue from its weights instead of retraining the ones before (how the committed weights
-    got stages 2e, 2f and 3). ``video_steps`` > 0 runs stage 5 (:mod:`.video_heads`, an experiment, off by
-    default) and gives the model frame labels."""
+    got stages 2e, 2f and 3). ``video_steps`` > 0 runs stage 5 (:mod:`.video_heads`) and gives the model frame
+    labels; 0 leaves both off."""
     import torch
 
     from ..atomic import atomic_dir, write_json
@@ -1290,10 +1290,9 @@ if __name__ == "__main__":
     ap.add_argument("--oe-steps", type=int, default=400,
                     help="Stage 4, after stage 3: as 2f at lr 3e-4, the open-ended answers' lookups supervised at "
                          "the attribute's word (0: off).")
-    ap.add_argument("--video-steps", type=int, default=0,
-                    help="Stage 5 (an experiment, off by default: video MC did not move yet), after stage 4: frame "
-                         "labels <t> before each video frame's rows, stage 4's pool with the video MC questions x10 "
-                         "and their lookups supervised (0: off, no labels).")
+    ap.add_argument("--video-steps", type=int, default=1700,
+                    help="Stage 5, after stage 4: frame labels <t> before each video frame's rows, stage 4's pool "
+                         "with the video MC questions x10 and their lookups supervised (0: off, no labels).")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--budget-minutes", type=float, default=None, help="Stop (resumably) after this long.")
